@@ -1,0 +1,124 @@
+# Ascend offline-inference pipeline: export -> om -> infer -> compare -> bench, one config per model.
+# `make help` lists targets and variables.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.SECONDARY:
+.SECONDEXPANSION:
+
+CONFIGS   := $(sort $(basename $(notdir $(wildcard configs/*.yaml))))
+MODEL     ?= $(CONFIGS)
+BACKEND   ?= auto
+WEIGHTS   ?=
+INPUT     ?=
+DEVICE    ?= 0
+SOC       ?=
+ENV       ?= full
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+B         := build
+export WEIGHTS INPUT DEVICE SOC BACKEND
+
+ifneq ($(filter-out $(CONFIGS),$(MODEL)),)
+$(error unknown MODEL '$(filter-out $(CONFIGS),$(MODEL))'; available models: $(CONFIGS))
+endif
+ifeq ($(filter $(BACKEND),auto om ort-fp16 ort-cpu),)
+$(error unknown BACKEND '$(BACKEND)'; use one of: auto om ort-fp16 ort-cpu)
+endif
+ifneq ($(filter $(ENV),full host),$(ENV))
+$(error unknown ENV '$(ENV)'; use full (workstation, with torch) or host (Ascend host, no torch))
+endif
+
+# auto = om where ATC is installed, else the ort-fp16 emulation target
+RB := $(if $(filter auto,$(BACKEND)),$(if $(shell command -v atc 2>/dev/null),om,ort-fp16),$(BACKEND))
+
+ENV_STAMP := $(VENV)/.installed-$(ENV)
+PIPE_SRC  := $(wildcard pipeline/*.py)
+family     = $(shell sed -n 's/^family: *//p' configs/$(1).yaml)
+FAMILY_SRC = $(wildcard models/$(call family,$(1))/*.py models/$(call family,$(1))/*.txt)
+
+.PHONY: help env export om infer compare bench all test clean distclean doctor preflight FORCE
+
+help:
+	@echo "Ascend offline-inference pipeline"
+	@echo "  make all        export, om, infer, compare, bench for MODEL (default: every model)"
+	@echo "  make test       run the test suite (creates/updates the environment first)"
+	@echo "  make export     PyTorch -> ONNX -> onnxsim, parity-checked      -> results/<model>/export.json"
+	@echo "  make om         deployable target for BACKEND (.om via ATC, else ort-fp16); writes build/<model>/atc.sh"
+	@echo "  make infer      run the target on INPUT (file/folder) or generated samples -> results/<model>/inference_result.json"
+	@echo "  make compare    target vs onnxruntime CPU fp32 with the gate     -> results/<model>/accuracy_eval.json"
+	@echo "  make bench      latency/throughput per batch size + PyTorch eager -> results/<model>/performance_eval.json"
+	@echo "  make preflight  offline ATC compatibility check of the ONNX     -> results/<model>/preflight.json"
+	@echo "  make doctor     what Ascend software is installed                -> results/env_info.json"
+	@echo "  make clean      remove build/ (ONNX, .om, .npy); results/ and logs/ stay"
+	@echo "Variables: MODEL=<$(CONFIGS)> BACKEND=<auto|om|ort-fp16|ort-cpu> (now: $(BACKEND) -> $(RB))"
+	@echo "           WEIGHTS=<file or folder> INPUT=<file or folder> DEVICE=<npu id> SOC=<soc_version>"
+	@echo "           ENV=<full|host> (host: no torch, for an Ascend host)"
+
+# ---- environment -------------------------------------------------------------------------------
+env: $(ENV_STAMP)
+
+$(VENV)/.installed-full: requirements.txt requirements-host.txt requirements-torch.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-torch.txt
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+$(VENV)/.installed-host: requirements-host.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-host.txt
+	@touch $@
+
+# ---- stages (real file targets; stamps change only when their inputs change) ---------------------
+$(B)/%/weights.stamp $(B)/%/input.stamp $(B)/%/om.stamp: FORCE | $(ENV_STAMP)
+	@$(PY) -m pipeline.stamp $(patsubst %.stamp,%,$(notdir $@)) --model $*
+
+# per-stage slices of the config: editing compare.gate reruns compare only
+$(B)/%/cfg.stamp: configs/%.yaml $(PIPE_SRC) | $(ENV_STAMP)
+	@$(PY) -m pipeline.stamp config --model $*
+	@touch $@
+$(B)/%/cfg/export.json $(B)/%/cfg/om.json $(B)/%/cfg/infer.json $(B)/%/cfg/compare.json $(B)/%/cfg/bench.json: $(B)/%/cfg.stamp ;
+
+$(B)/%/model.sim.onnx: $(B)/%/cfg/export.json $(B)/%/weights.stamp $(PIPE_SRC) $(wildcard export/*.py) $$(call FAMILY_SRC,$$*) | $(ENV_STAMP)
+	$(PY) -m export --model $*
+
+$(B)/%/target-$(RB).json: $(B)/%/model.sim.onnx $(B)/%/cfg/om.json $(B)/%/om.stamp $(wildcard convert/*.py) | $(ENV_STAMP)
+	$(PY) -m convert --model $* --backend $(RB)
+
+$(B)/%/infer-$(RB).done: $(B)/%/target-$(RB).json $(B)/%/cfg/infer.json $(B)/%/input.stamp $(wildcard run/*.py) $$(call FAMILY_SRC,$$*) | $(ENV_STAMP)
+	$(PY) -m run.infer --model $* --backend $(RB)
+	@touch $@
+
+$(B)/%/compare-$(RB).done: $(B)/%/infer-$(RB).done $(B)/%/cfg/compare.json $(wildcard compare/*.py) | $(ENV_STAMP)
+	$(PY) -m compare --model $* --backend $(RB)
+	@touch $@
+
+$(B)/%/bench-$(RB).done: $(B)/%/target-$(RB).json $(B)/%/cfg/bench.json $(wildcard run/*.py) | $(ENV_STAMP)
+	$(PY) -m run.bench --model $* --backend $(RB)
+	@touch $@
+
+export:  $(foreach m,$(MODEL),$(B)/$(m)/model.sim.onnx)
+om:      $(foreach m,$(MODEL),$(B)/$(m)/target-$(RB).json)
+infer:   $(foreach m,$(MODEL),$(B)/$(m)/infer-$(RB).done)
+compare: $(foreach m,$(MODEL),$(B)/$(m)/compare-$(RB).done)
+bench:   $(foreach m,$(MODEL),$(B)/$(m)/bench-$(RB).done)
+all:     compare bench
+
+preflight: $(foreach m,$(MODEL),$(B)/$(m)/model.sim.onnx) | $(ENV_STAMP)
+	@rc=0; for m in $(MODEL); do $(PY) -m convert.preflight --model $$m || rc=1; done; exit $$rc
+
+doctor: | $(ENV_STAMP)
+	$(PY) -m pipeline.doctor
+
+# ---- tests ----------------------------------------------------------------------------------------
+test: $(VENV)/.installed-full
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(B)
+
+distclean: clean
+	rm -rf $(VENV)
+
+FORCE:

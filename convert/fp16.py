@@ -1,0 +1,50 @@
+"""The ort-fp16 target: the simplified ONNX computed in float16 inside, float32 at the inputs and outputs.
+
+This is how ATC's default `force_fp16` computes, emulated on the CPU with onnxruntime. Constants are cast
+straight to fp16 (no clamping beyond fp16's own range), like a device cast.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+FP16_MAX = 65504.0
+FP16_MIN_SUBNORMAL = 5.960464477539063e-08
+
+
+def initializer_range_report(model) -> dict:
+    """How many float32 constants fp16 cannot hold: overflow (> 65504) or flush to zero (< 6e-8)."""
+    from onnx import numpy_helper
+
+    total = over = under = 0
+    for init in model.graph.initializer:
+        if init.data_type != 1:  # FLOAT
+            continue
+        arr = np.abs(numpy_helper.to_array(init))
+        total += arr.size
+        over += int(np.count_nonzero(arr > FP16_MAX))
+        under += int(np.count_nonzero((arr > 0) & (arr < FP16_MIN_SUBNORMAL)))
+    return {"float32_constants": total, "overflow_count": over, "flush_to_zero_count": under}
+
+
+def convert_fp16(src: Path, dst: Path, keep_op_types: list[str]) -> dict:
+    import onnx
+    from onnxconverter_common import float16
+
+    from pipeline.atomic import atomic_path
+
+    model = onnx.load(str(src))
+    report = initializer_range_report(model)
+    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_op_types))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the converter warns once per truncated constant; we count them above
+        m16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
+                                               min_positive_val=FP16_MIN_SUBNORMAL, max_finite_val=FP16_MAX)
+    with atomic_path(dst) as tmp:
+        onnx.save(m16, str(tmp))
+    kept = sum(1 for n in model.graph.node if n.op_type in set(keep_op_types))
+    report.update({"keep_op_types": sorted(keep_op_types), "nodes_kept_fp32": kept,
+                   "converter": "onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True)"})
+    return report

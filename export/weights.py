@@ -1,0 +1,33 @@
+"""Resolve which weights a model uses: WEIGHTS=, else the config's default folder, else stand-in."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.paths import ROOT
+
+
+def resolve_weights(cfg: dict, weights_arg: str | None) -> Path | None:
+    if weights_arg:
+        return Path(weights_arg).expanduser().resolve()
+    default = cfg["weights"]["dir"]
+    if default:
+        p = ROOT / default
+        if p.is_dir() and any(p.iterdir()):
+            return p
+    return None
+
+
+def build_model(cfg: dict, family_torch, weights: Path | None):
+    """Build the torch model and load weights; returns (model, provenance)."""
+    model = family_torch.build(cfg)
+    if weights is None:
+        prov = family_torch.apply_standin(model, cfg, cfg["weights"]["standin_seed"])
+    else:
+        prov = family_torch.load_weights(model, weights, cfg)
+    return model.eval(), prov
+
+
+def describe(prov: dict) -> str:
+    if prov.get("kind") == "stand-in":
+        return f"stand-in, seed {prov['seed']}"
+    return f"{prov['path']} (sha256 {prov['sha256'][:12]}…, {prov.get('format', '?')})"

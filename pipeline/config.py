@@ -1,0 +1,183 @@
+"""Per-model YAML configs: load, validate (generic sections here, model sections by the model family)."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+from .paths import CONFIG_DIR, ROOT
+from .schema import NUMBER, ListOf, MapOf, OneOf, Opt, validate
+
+DTYPES = ("float32", "float16", "int64", "int32", "uint8")
+
+TENSOR = {
+    "name": Opt(str, help="ONNX tensor name"),
+    # ints are fixed dims; a string names a dynamic axis (e.g. batch, frames)
+    "shape": Opt(ListOf((int, str)), help="list of dims; a string marks a dynamic axis"),
+    "dtype": Opt(OneOf(DTYPES), "float32"),
+}
+
+GATE = {
+    "max_rel_l2": Opt(float, 0.01),
+    "min_cosine": Opt(float, 0.9999),
+    # optional extra gate on the share of elements outside atol + rtol*|ref|
+    "max_violation_fraction": Opt((float, type(None)), None),
+}
+
+SCHEMA = {
+    "name": Opt(str, help="model name, equal to the config file name"),
+    "family": Opt(str, help="model module under models/"),
+    "description": Opt(str, ""),
+    "model": Opt(dict, {}),          # validated by the family
+    "preprocess": Opt(dict, {}),     # validated by the family
+    "postprocess": Opt(dict, {}),    # validated by the family
+    "weights": Opt({
+        "dir": Opt(str, "", help="default weights folder, relative to the repo"),
+        "standin_seed": Opt(int, 0),
+    }, {}),
+    "inputs": Opt(ListOf(TENSOR)),
+    "outputs": Opt(ListOf(TENSOR)),
+    "export": Opt({
+        "opset": Opt(int, 17),
+        "exporter": Opt(OneOf(("torchscript", "dynamo")), "torchscript"),
+        "parity_max_rel_l2": Opt(float, 1e-5),
+        # concrete shapes per input for the parity cases
+        "parity_cases": Opt(ListOf(MapOf(ListOf(int)))),
+        "seed": Opt(int, 0),
+    }, {}),
+    "simplify": Opt({
+        "enabled": Opt(bool, True),
+        "timeout_s": Opt(int, 900),
+    }, {}),
+    "onnxruntime": Opt({
+        "intra_op_threads": Opt(int, 0, help="0 = number of cores"),
+        "graph_optimization": Opt(OneOf(("disable", "basic", "extended", "all")), "all"),
+    }, {}),
+    "fp16": Opt({
+        # ops kept in fp32 in the ort-fp16 emulation target (op types)
+        "keep_op_types": Opt(ListOf(str), []),
+    }, {}),
+    "atc": Opt({
+        "soc_version": Opt((str, type(None)), None),
+        "input_format": Opt(OneOf(("NCHW", "ND")), "NCHW"),
+        "batch_mode": Opt(OneOf(("per_batch", "dynamic_batch_size")), "per_batch"),
+        "batch_sizes": Opt(ListOf(int), [1]),
+        # gears for the non-batch dynamic dims, in input order (ATC --dynamic_dims)
+        "dynamic_dims": Opt(ListOf(ListOf(int)), []),
+        "precision_mode": Opt(str, "force_fp16"),
+        "keep_dtype": Opt(ListOf(str), []),
+        "op_precision_mode": Opt(MapOf(OneOf(("high_precision", "high_performance"))), {}),
+        "modify_mixlist": Opt(MapOf(MapOf(ListOf(str))), {}),
+        "extra_args": Opt(ListOf(str), []),
+        "timeout_s": Opt(int, 7200),
+    }, {}),
+    "infer": Opt({
+        "batch_size": Opt(int, 1),
+        "samples": Opt(int, 4, help="generated samples when no INPUT is given"),
+        "seed": Opt(int, 0),
+    }, {}),
+    "compare": Opt({
+        "gate": Opt(GATE, {}),
+        "per_output": Opt(MapOf(GATE), {}),
+        "rtol": Opt(float, 0.01),
+        "atol_scale": Opt(float, 0.01, help="atol = atol_scale * max|ref|"),
+    }, {}),
+    "bench": Opt({
+        "batch_sizes": Opt(ListOf(int), [1]),
+        "warmup": Opt(int, 3),
+        "runs": Opt(int, 20),
+        "torch_baseline": Opt(bool, True),
+        # concrete input shape overrides without batch (e.g. audio length), else the config shape
+        "shapes": Opt(ListOf(MapOf(ListOf(int))), []),
+        # run `make infer`'s whole path (files -> preprocess -> batches -> outputs) over this many generated
+        # sources at infer.batch_size and report its throughput against the model-only figure; 0 = skip
+        "pipeline_sources": Opt(int, 0),
+    }, {}),
+}
+_ = NUMBER
+
+
+def config_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        return p if p.is_absolute() else (Path.cwd() / p)
+    return CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+def available_models() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_family(family: str, source: str = "config"):
+    try:
+        return importlib.import_module(f"models.{family}")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("models"):
+            raise ConfigError(f"{source}: family '{family}' has no module models/{family}; "
+                              f"use one of: {', '.join(known_families())}") from None
+        raise
+
+
+def known_families() -> list[str]:
+    return sorted(p.name for p in (ROOT / "models").iterdir()
+                  if p.is_dir() and (p / "__init__.py").exists())
+
+
+def load_config(name_or_path: str) -> dict:
+    """Load and validate a model config; every problem is one ConfigError line."""
+    path = config_path(name_or_path)
+    if not path.exists():
+        models = ", ".join(available_models()) or "none"
+        raise ConfigError(f"unknown model '{name_or_path}' (no {path}); available models: {models}")
+    source = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raise ConfigError(f"{source}: the file is empty; copy an existing config as a start")
+    cfg = validate(raw, SCHEMA, "", source)
+    if cfg["name"] != path.stem:
+        raise ConfigError(f"{source}: name '{cfg['name']}' differs from the file name '{path.stem}'; make them equal")
+    _check_generic(cfg, source)
+    family = load_family(cfg["family"], source)
+    for section in ("model", "preprocess", "postprocess"):
+        schema = getattr(family, f"{section.upper()}_SCHEMA", {})
+        cfg[section] = validate(cfg[section], schema, section, source)
+    if hasattr(family, "check_config"):
+        family.check_config(cfg, source)
+    cfg["_source"] = source
+    cfg["_path"] = str(path)
+    return cfg
+
+
+def _check_generic(cfg: dict, source: str) -> None:
+    opset = cfg["export"]["opset"]
+    if not 11 <= opset <= 18:
+        raise ConfigError(f"{source}: export.opset is {opset}; ATC accepts ONNX opsets 11 to 18, pick one in that range")
+    names = [t["name"] for t in cfg["inputs"]]
+    for case in cfg["export"]["parity_cases"]:
+        for key in case:
+            if key not in names:
+                raise ConfigError(f"{source}: export.parity_cases names input '{key}', the inputs are {names}")
+    for key in cfg["compare"]["per_output"]:
+        if key not in [t["name"] for t in cfg["outputs"]]:
+            raise ConfigError(f"{source}: compare.per_output names unknown output '{key}'")
+    for key in ("batch_sizes",):
+        for section in ("atc", "bench"):
+            if any(b < 1 for b in cfg[section][key]):
+                raise ConfigError(f"{source}: {section}.{key} must hold positive integers")
+    if cfg["infer"]["batch_size"] < 1:
+        raise ConfigError(f"{source}: infer.batch_size must be at least 1")
+
+
+def gate_for(cfg: dict, output: str) -> dict:
+    return cfg["compare"]["per_output"].get(output, cfg["compare"]["gate"])
+
+
+def dynamic_axes(tensor: dict) -> dict[int, str]:
+    return {i: d for i, d in enumerate(tensor["shape"]) if isinstance(d, str)}

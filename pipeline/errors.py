@@ -1,0 +1,31 @@
+"""User-facing errors: one line saying what went wrong and how to fix it."""
+from __future__ import annotations
+
+import functools
+import sys
+
+
+class PipelineError(Exception):
+    """An expected failure. The message is one line: what is wrong, then how to fix it."""
+
+
+class ConfigError(PipelineError):
+    pass
+
+
+def cli(main):
+    """Wrap a stage entry point: expected errors print one `ERROR | ...` line and exit 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except PipelineError as exc:
+            msg = " ".join(str(exc).split())
+            print(f"ERROR | {msg}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("ERROR | interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper

@@ -1,0 +1,230 @@
+"""make bench: latency and throughput per batch size (and input shape) for a backend, next to PyTorch eager."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+from pipeline import provenance
+from pipeline.atomic import write_json
+from pipeline.config import load_config, load_family
+from pipeline.errors import PipelineError, cli
+from pipeline.log import StageLog
+from pipeline.paths import ModelPaths
+
+from .targets import open_runner
+
+
+class PeakRss:
+    """Samples this process's resident memory in a thread; `peak_mb` after the block."""
+
+    def __init__(self, interval=0.005):
+        import psutil
+
+        self.proc, self.interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self.peak = self.proc.memory_info().rss
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def peak_mb(self):
+        return self.peak / 2**20
+
+
+def latency_stats(ms: list[float]) -> dict:
+    a = np.asarray(ms, np.float64)
+    return {"min": float(a.min()), "mean": float(a.mean()), "median": float(np.median(a)),
+            "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "max": float(a.max()),
+            "std": float(a.std()), "cv": float(a.std() / a.mean()) if a.mean() > 0 else None}
+
+
+def concrete_shape(tensor: dict, batch: int, case: dict) -> list[int]:
+    if tensor["name"] in case:
+        dims = case[tensor["name"]]
+        return [batch, *dims[1:]] if len(dims) == len(tensor["shape"]) else [batch, *dims]
+    shape = [batch]
+    for d in tensor["shape"][1:]:
+        if isinstance(d, str):
+            raise PipelineError(f"input {tensor['name']} has dynamic axis '{d}'; give its size in bench.shapes")
+        shape.append(d)
+    return shape
+
+
+def measure(call, warmup: int, runs: int, batch: int) -> dict:
+    for _ in range(warmup):
+        call()
+    times = []
+    with PeakRss() as mem:
+        t_all = time.perf_counter()
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - t0) * 1e3)
+        elapsed = time.perf_counter() - t_all
+    return {"latency_ms": latency_stats(times), "throughput_samples_per_s": batch * runs / elapsed,
+            "elapsed_s": elapsed, "peak_rss_mb": mem.peak_mb, "latencies_ms": times}
+
+
+def torch_baseline(cfg, paths):
+    """PyTorch eager on the same weights, or (None, reason) where torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None, "torch is not installed on this host (an Ascend host needs none): no PyTorch baseline"
+    family_torch = importlib.import_module(f"models.{cfg['family']}.torch_model")
+    meta = json.loads((paths.build / "weights.json").read_text())
+    model = family_torch.build(cfg)
+    if meta.get("kind") == "stand-in":
+        family_torch.apply_standin(model, cfg, meta["seed"])
+    else:
+        family_torch.load_weights(model, meta["path"], cfg)
+    module = family_torch.export_module(model.eval(), cfg)
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    def make_call(feeds):
+        args = [torch.from_numpy(feeds[t["name"]]) for t in cfg["inputs"]]
+
+        def call():
+            with torch.inference_mode():
+                module(*args)
+        return call
+    return make_call, f"PyTorch {torch.__version__} eager, {torch.get_num_threads()} threads, inference_mode"
+
+
+def pipeline_throughput(cfg, family, runner, paths, rows, log) -> dict:
+    """`make infer`'s full path over generated files vs the model-only throughput at the same batch size."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .infer import InferRun, load_weights_meta, prefetch
+
+    n, bs = cfg["bench"]["pipeline_sources"], cfg["infer"]["batch_size"]
+    sources = family.generate_sources(cfg, paths.build / "bench_sources", count=n, seed=12345)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-infer-", dir=paths.build))
+    try:
+        job = InferRun(cfg, family, runner, load_weights_meta(paths, cfg), tmp / "in", tmp / "out", bs)
+        t0 = time.perf_counter()
+        for idx, (src, (items, _dt)) in enumerate(prefetch(job.prepare, sources, max(2, 2 * bs))):
+            job.add_source(idx, Path(src), items)
+        job.flush()
+        wall = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    items = len(job.items_manifest)
+    model_row = next((r for r in rows if r["batch_size"] == bs), None)
+    out = {"sources": n, "items": items, "batch_size": bs, "wall_s": wall, "items_per_s": items / wall,
+           "definition": "generated files -> decode/preprocess (prefetch thread) -> .npy -> batched runner -> "
+                         "outputs .npy -> postprocess, items per second of wall time"}
+    if model_row:
+        out["model_only_samples_per_s"] = model_row["throughput_samples_per_s"]
+        out["ratio_to_model_only"] = out["items_per_s"] / model_row["throughput_samples_per_s"]
+        out["target_ratio"] = 0.85
+        out["meets_target"] = out["ratio_to_model_only"] >= 0.85
+    log(f"bench | infer pipeline over {n} generated file(s), batch {bs}: {out['items_per_s']:.2f} items/s"
+        + (f", {out['ratio_to_model_only']:.1%} of model-only {out['model_only_samples_per_s']:.2f} samples/s"
+           if model_row else ""))
+    return out
+
+
+@cli
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m run.bench", description=__doc__)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--backend", default=os.environ.get("BACKEND", "auto"))
+    ap.add_argument("--device", type=int, default=int(os.environ.get("DEVICE", "0") or 0))
+    args = ap.parse_args(argv)
+    cfg = load_config(args.model)
+    paths = ModelPaths(cfg["name"])
+    family = load_family(cfg["family"])
+    bcfg = cfg["bench"]
+    runner = open_runner(cfg, args.backend, args.device)
+    log = StageLog(paths.logs / f"bench-{runner.backend}.log")
+    rows, feeds_per_row = [], []
+    cases = bcfg["shapes"] or [{}]
+    with runner:       # the backend first, alone in memory
+        for case in cases:
+            for bs in bcfg["batch_sizes"]:
+                rng = np.random.default_rng(1000 + bs)
+                feeds = {t["name"]: family.random_input(t["name"], concrete_shape(t, bs, case), rng, cfg)
+                         for t in cfg["inputs"]}
+                device_ms = []
+
+                def call():
+                    runner.infer(feeds)
+                    if runner.last_device_ms is not None:
+                        device_ms.append(runner.last_device_ms)
+
+                res = measure(call, bcfg["warmup"], bcfg["runs"], bs)
+                row = {"batch_size": bs, "shapes": {k: list(v.shape) for k, v in feeds.items()},
+                       "backend": runner.backend, "device": runner.device, **res}
+                if device_ms:
+                    d = device_ms[-bcfg["runs"]:]
+                    row["device_compute_ms"] = latency_stats(d)
+                    row["ais_bench_throughput"] = 1000.0 * bs / float(np.mean(d))
+                if hasattr(family, "bench_extras"):
+                    row.update(family.bench_extras(cfg, feeds, res["latency_ms"]["mean"]))
+                rows.append(row)
+                feeds_per_row.append(feeds)
+        pipeline = pipeline_throughput(cfg, family, runner, paths, rows, log) if bcfg["pipeline_sources"] else None
+        desc = runner.describe()
+
+    baseline, baseline_desc = (None, "disabled in the config")
+    if bcfg["torch_baseline"]:
+        baseline, baseline_desc = torch_baseline(cfg, paths)
+    for row, feeds in zip(rows, feeds_per_row):
+        res, bs = row, row["batch_size"]
+        line = (f"bench | {cfg['name']} {runner.backend} bs={bs} {row['shapes']}: "
+                f"mean {res['latency_ms']['mean']:.1f} ms, p90 {res['latency_ms']['p90']:.1f} ms, "
+                f"{res['throughput_samples_per_s']:.2f} samples/s, peak RSS {res['peak_rss_mb']:.0f} MB")
+        if baseline:
+            base = measure(baseline(feeds), bcfg["warmup"], bcfg["runs"], bs)
+            row["torch_eager"] = base
+            row["speedup_vs_torch_eager"] = res["throughput_samples_per_s"] / base["throughput_samples_per_s"]
+            line += (f"; torch eager {base['throughput_samples_per_s']:.2f} samples/s, "
+                     f"ratio {row['speedup_vs_torch_eager']:.2f}x")
+        if "real_time_factor" in row:
+            line += f"; real-time factor {row['real_time_factor']:.1f}"
+        log(line)
+
+    report = provenance.header("bench", cfg)
+    report.update({
+        "backend": runner.backend, "device": runner.device, "runner": desc,
+        "weights": json.loads((paths.build / "weights.json").read_text()),
+        "method": {
+            "warmup_runs": bcfg["warmup"], "measured_runs": bcfg["runs"], "mode": "synchronous, one call at a time",
+            "timer": "time.perf_counter around runner.infer (host end to end: input copy, compute, output copy)",
+            "throughput_definition": "batch_size * measured_runs / elapsed wall seconds",
+            "ais_bench_throughput_definition": "1000 * batch_size / mean device compute ms (om backend only)",
+            "inputs": "seeded realistic inputs from the model family (random_input)",
+            "peak_rss": "resident memory of this process sampled every 5 ms during the measured runs (backend runs happen before the PyTorch baseline is loaded)",
+        },
+        "baseline": baseline_desc, "results": rows, "infer_pipeline": pipeline,
+    })
+    write_json(paths.results / "performance_eval.json", report)
+    log(f"bench | results/{cfg['name']}/performance_eval.json")
+    log.save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

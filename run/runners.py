@@ -1,0 +1,158 @@
+"""Runners: one small interface for every backend (Polygraphy style).
+
+A runner is created from files only (no torch), activated once, then called with a dict of
+numpy arrays keyed by input name; it returns a dict keyed by output name.
+"""
+from __future__ import annotations
+
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.provenance import sha256_file
+
+
+@dataclass
+class TensorMeta:
+    name: str
+    dtype: str                      # numpy dtype name, e.g. "float32"
+    shape: list = field(default_factory=list)  # ints; None for a dynamic dim
+
+
+class Runner(ABC):
+    """Common interface: activate, infer, get_input_metadata, deactivate."""
+
+    backend = "?"        # "ort-cpu", "ort-fp16", "om"
+    device = "cpu"       # "cpu" or "npu:<id>"
+
+    def __init__(self):
+        self.is_active = False
+        self.last_infer_ms: float | None = None      # wall time of the last infer() call
+        self.last_device_ms: float | None = None     # device compute time, when the backend reports it
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+    def activate(self) -> None:
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.is_active:
+            raise PipelineError(f"runner {self.backend} used before activate(); call activate() first")
+        start = time.perf_counter()
+        out = self._infer(feeds)
+        self.last_infer_ms = (time.perf_counter() - start) * 1e3
+        return out
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    @abstractmethod
+    def _deactivate(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    @abstractmethod
+    def get_input_metadata(self) -> list[TensorMeta]: ...
+
+    @abstractmethod
+    def get_output_names(self) -> list[str]: ...
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """Backend, device, files with hashes, runtime versions: goes into every result file."""
+
+
+def ort_session_options(threads: int = 0, graph_optimization: str = "all"):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[graph_optimization]
+    so.log_severity_level = 3
+    return so
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+class OrtRunner(Runner):
+    """onnxruntime on the CPU: `ort-cpu` (fp32 reference) or `ort-fp16` (fp16 emulation target)."""
+
+    def __init__(self, onnx_path: str | os.PathLike, backend: str = "ort-cpu",
+                 threads: int = 0, graph_optimization: str = "all"):
+        super().__init__()
+        self.path = Path(onnx_path)
+        self.backend = backend
+        self.threads = threads
+        self.graph_optimization = graph_optimization
+        self.session = None
+        if not self.path.exists():
+            raise PipelineError(f"{self.path} does not exist; run `make export` (and `make om`) for this model first")
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), ort_session_options(self.threads, self.graph_optimization),
+                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PipelineError(f"onnxruntime cannot load {self.path}: {first}; rebuild it with `make export om`") from None
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def _infer(self, feeds):
+        names = self.get_output_names()
+        outs = self.session.run(names, feeds)
+        return dict(zip(names, outs))
+
+    def get_input_metadata(self) -> list[TensorMeta]:
+        if self.session is None:
+            raise PipelineError("runner not active; call activate() first")
+        return [TensorMeta(i.name, _ORT_TYPES.get(i.type, i.type),
+                           [d if isinstance(d, int) else None for d in i.shape])
+                for i in self.session.get_inputs()]
+
+    def get_output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+            "model_file": str(self.path),
+            "model_sha256": sha256_file(self.path),
+            "intra_op_threads": self.threads or (os.cpu_count() or 1),
+            "graph_optimization": self.graph_optimization,
+        }
