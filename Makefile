@@ -16,7 +16,7 @@ SOC       ?=
 ENV       ?= full
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-B         := build
+B         := $(or $(PIPELINE_BUILD_DIR),build)
 export WEIGHTS INPUT DEVICE SOC BACKEND
 
 ifneq ($(filter-out $(CONFIGS),$(MODEL)),)
@@ -71,8 +71,12 @@ $(VENV)/.installed-host: requirements-host.txt
 	@touch $@
 
 # ---- stages (real file targets; stamps change only when their inputs change) ---------------------
-$(B)/%/weights.stamp $(B)/%/input.stamp $(B)/%/om.stamp: FORCE | $(ENV_STAMP)
-	@$(PY) -m pipeline.stamp $(patsubst %.stamp,%,$(notdir $@)) --model $*
+$(B)/%/weights.stamp: FORCE | $(ENV_STAMP)
+	@$(PY) -m pipeline.stamp weights --model $*
+$(B)/%/input.stamp: FORCE | $(ENV_STAMP)
+	@$(PY) -m pipeline.stamp input --model $*
+$(B)/%/om.stamp: FORCE | $(ENV_STAMP)
+	@$(PY) -m pipeline.stamp om --model $*
 
 # per-stage slices of the config: editing compare.gate reruns compare only
 $(B)/%/cfg.stamp: configs/%.yaml $(PIPE_SRC) | $(ENV_STAMP)
@@ -84,7 +88,7 @@ $(B)/%/model.sim.onnx: $(B)/%/cfg/export.json $(B)/%/weights.stamp $(PIPE_SRC) $
 	$(PY) -m export --model $*
 
 $(B)/%/target-$(RB).json: $(B)/%/model.sim.onnx $(B)/%/cfg/om.json $(B)/%/om.stamp $(wildcard convert/*.py) | $(ENV_STAMP)
-	$(PY) -m convert --model $* --backend $(RB)
+	$(PY) -m convert --model $* --backend $(BACKEND)
 
 $(B)/%/infer-$(RB).done: $(B)/%/target-$(RB).json $(B)/%/cfg/infer.json $(B)/%/input.stamp $(wildcard run/*.py) $$(call FAMILY_SRC,$$*) | $(ENV_STAMP)
 	$(PY) -m run.infer --model $* --backend $(RB)

@@ -1,0 +1,27 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def isolated_dirs(tmp_path, monkeypatch):
+    """Point build/, results/ and logs/ at a temp folder so tests never touch the repo's evidence."""
+    dirs = {"PIPELINE_BUILD_DIR": tmp_path / "build", "PIPELINE_RESULTS_DIR": tmp_path / "results",
+            "PIPELINE_LOGS_DIR": tmp_path / "logs"}
+    for k, v in dirs.items():
+        monkeypatch.setenv(k, str(v))
+    return tmp_path
+
+
+def run_env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env.update({"PIPELINE_BUILD_DIR": str(tmp_path / "build"), "PIPELINE_RESULTS_DIR": str(tmp_path / "results"),
+                "PIPELINE_LOGS_DIR": str(tmp_path / "logs")})
+    for k in ("WEIGHTS", "INPUT", "BACKEND", "MODEL", "SOC", "DEVICE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
+        env.pop(k, None)
+    return env
