@@ -15,6 +15,7 @@ from pipeline.errors import PipelineError, cli
 from pipeline.log import StageLog
 from pipeline.metrics import compare_arrays
 from pipeline.paths import ModelPaths
+from pipeline.progress import Progress
 from run.batching import signature, split, stack
 from run.targets import open_runner, reference_runner
 
@@ -33,24 +34,64 @@ def load_run(paths: ModelPaths, backend: str, cfg: dict):
     return json.loads(manifest_path.read_text()), out_manifest
 
 
-def run_reference(cfg, paths, manifest, batch_size: int) -> dict:
-    """Reference outputs per item id, batched by equal shapes like the target run."""
+def iter_reference(paths, manifest, runner, batch_size: int):
+    """Yield (item, reference outputs) in manifest order, streaming: consecutive equal-shape items share a batch."""
     names = manifest["feeds"]
-    refs, groups = {}, {}
+
+    def run(chunk):
+        out = runner.infer(stack([f for _, f in chunk], names))
+        for (item, _), res in zip(chunk, split(out, len(chunk))):
+            for name, arr in res.items():
+                save_npy(paths.outputs("reference") / f"{item['id']}.{name}.npy", arr)
+            yield item, res
+
+    chunk, sig = [], None
     for item in manifest["items"]:
         feeds = {n: np.load(paths.inputs / item["files"][n]) for n in names}
-        groups.setdefault(signature(feeds, names), []).append((item["id"], feeds))
-    with reference_runner(cfg) as runner:
-        desc = runner.describe()
-        for batch_items in groups.values():
-            for i in range(0, len(batch_items), batch_size):
-                chunk = batch_items[i:i + batch_size]
-                out = runner.infer(stack([f for _, f in chunk], names))
-                for (item_id, _), res in zip(chunk, split(out, len(chunk))):
-                    refs[item_id] = res
-                    for name, arr in res.items():
-                        save_npy(paths.outputs("reference") / f"{item_id}.{name}.npy", arr)
-    return refs, desc
+        s = signature(feeds, names)
+        if chunk and (s != sig or len(chunk) >= batch_size):
+            yield from run(chunk)
+            chunk = []
+        sig = s
+        chunk.append((item, feeds))
+    if chunk:
+        yield from run(chunk)
+
+
+def check_sample(tgt, ref, gate, comp) -> tuple[dict, list[str]]:
+    m = compare_arrays(tgt, ref, comp["rtol"], comp["atol_scale"])
+    fails = []
+    if m["nonfinite_in_target"]:
+        fails.append(f"{m['nonfinite_in_target']} NaN/Inf where the reference is finite")
+    if not m["rel_l2"] <= gate["max_rel_l2"]:
+        fails.append(f"rel_l2 {m['rel_l2']:.3e} > {gate['max_rel_l2']}")
+    if not m["cosine"] >= gate["min_cosine"]:
+        fails.append(f"cosine {m['cosine']:.7f} < {gate['min_cosine']}")
+    vmax = gate["max_violation_fraction"]
+    if vmax is not None and m["violation_fraction"] > vmax:
+        fails.append(f"violation fraction {m['violation_fraction']:.2e} > {vmax}")
+    return m, fails
+
+
+def summarize(rows: list[dict], gate: dict) -> dict:
+    worst_l2 = max(rows, key=lambda r: r["rel_l2"])
+    worst_cos = min(rows, key=lambda r: r["cosine"])
+    worst5 = sorted(rows, key=lambda r: -r["rel_l2"])[:5]
+    summary = {
+        "passed": all(r["passed"] for r in rows), "gate": gate, "samples": len(rows),
+        "failed_samples": sum(not r["passed"] for r in rows),
+        "worst_rel_l2": worst_l2["rel_l2"], "worst_rel_l2_item": worst_l2["item"],
+        "min_cosine": worst_cos["cosine"], "min_cosine_item": worst_cos["item"],
+        "median_rel_l2": float(np.median([r["rel_l2"] for r in rows])),
+        "max_abs": max(r["max_abs"] for r in rows), "mean_abs": float(np.mean([r["mean_abs"] for r in rows])),
+        "masked_rel_max": max(r["masked_rel_max"] for r in rows),
+        "masked_rel_mean": float(np.mean([r["masked_rel_mean"] for r in rows])),
+        "violation_fraction_max": max(r["violation_fraction"] for r in rows),
+        "worst_samples": [{"item": r["item"], "source": r["source"], "rel_l2": r["rel_l2"], "cosine": r["cosine"],
+                           "max_abs": r["max_abs"]} for r in worst5],
+    }
+    summary["notes"] = explain_output(summary, rows)
+    return summary
 
 
 @cli
@@ -65,58 +106,47 @@ def main(argv=None) -> int:
     backend = target_runner.backend
     log = StageLog(paths.logs / "accuracy_eval.log")
     manifest, _ = load_run(paths, backend, cfg)
-    refs, ref_desc = run_reference(cfg, paths, manifest, cfg["infer"]["batch_size"])
-
     comp = cfg["compare"]
     outputs = [t["name"] for t in cfg["outputs"]]
+    gates = {name: gate_for(cfg, name) for name in outputs}
+    rows = {name: [] for name in outputs}
+    progress = Progress(len(manifest["items"]), "compare", unit="item")
+    with reference_runner(cfg) as ref_runner:
+        ref_desc = ref_runner.describe()
+        for item, ref_out in iter_reference(paths, manifest, ref_runner, cfg["infer"]["batch_size"]):
+            for name in outputs:
+                tgt = np.load(paths.outputs(backend) / "items" / f"{item['id']}.{name}.npy")
+                ref = ref_out[name]
+                if tgt.shape != ref.shape:
+                    raise PipelineError(f"output {name} of item {item['id']}: shape {tgt.shape} vs reference "
+                                        f"{ref.shape}; rebuild the target with `make om infer BACKEND={backend}`")
+                m, fails = check_sample(tgt, ref, gates[name], comp)
+                rows[name].append({"item": item["id"], "source": manifest["sources"][item["source_index"]],
+                                   "passed": not fails, "failures": fails, **m})
+            progress.update()
+    progress.close()
+
     per_output, all_pass = {}, True
     for name in outputs:
-        gate = gate_for(cfg, name)
-        rows = []
-        for item in manifest["items"]:
-            tgt = np.load(paths.outputs(backend) / "items" / f"{item['id']}.{name}.npy")
-            ref = refs[item["id"]][name]
-            if tgt.shape != ref.shape:
-                raise PipelineError(f"output {name} of item {item['id']}: shape {tgt.shape} vs reference {ref.shape}; "
-                                    f"rebuild the target with `make om infer BACKEND={backend}`")
-            m = compare_arrays(tgt, ref, comp["rtol"], comp["atol_scale"])
-            fails = []
-            if m["nonfinite_in_target"]:
-                fails.append(f"{m['nonfinite_in_target']} NaN/Inf where the reference is finite")
-            if not m["rel_l2"] <= gate["max_rel_l2"]:
-                fails.append(f"rel_l2 {m['rel_l2']:.3e} > {gate['max_rel_l2']}")
-            if not m["cosine"] >= gate["min_cosine"]:
-                fails.append(f"cosine {m['cosine']:.7f} < {gate['min_cosine']}")
-            vmax = gate["max_violation_fraction"]
-            if vmax is not None and m["violation_fraction"] > vmax:
-                fails.append(f"violation fraction {m['violation_fraction']:.2e} > {vmax}")
-            rows.append({"item": item["id"], "source": manifest["sources"][item["source_index"]],
-                         "passed": not fails, "failures": fails, **m})
-        worst_l2 = max(rows, key=lambda r: r["rel_l2"])
-        worst_cos = min(rows, key=lambda r: r["cosine"])
-        passed = all(r["passed"] for r in rows)
-        all_pass &= passed
-        summary = {
-            "passed": passed, "gate": gate, "samples": len(rows), "failed_samples": sum(not r["passed"] for r in rows),
-            "worst_rel_l2": worst_l2["rel_l2"], "worst_rel_l2_item": worst_l2["item"],
-            "min_cosine": worst_cos["cosine"], "min_cosine_item": worst_cos["item"],
-            "max_abs": max(r["max_abs"] for r in rows), "mean_abs": float(np.mean([r["mean_abs"] for r in rows])),
-            "masked_rel_max": max(r["masked_rel_max"] for r in rows),
-            "masked_rel_mean": float(np.mean([r["masked_rel_mean"] for r in rows])),
-            "violation_fraction_max": max(r["violation_fraction"] for r in rows),
-        }
-        summary["notes"] = explain_output(summary, rows)
-        per_output[name] = {"summary": summary, "samples": rows}
-        verdict = "PASSED" if passed else "FAILED"
-        log(f"{verdict} | {cfg['name']} {name}: {backend} vs ort-cpu fp32 over {len(rows)} sample(s): "
+        summary = summarize(rows[name], gates[name])
+        gate = gates[name]
+        all_pass &= summary["passed"]
+        per_output[name] = {"summary": summary, "samples": rows[name]}
+        verdict = "PASSED" if summary["passed"] else "FAILED"
+        log(f"{verdict} | {cfg['name']} {name}: {backend} vs ort-cpu fp32 over {summary['samples']} sample(s): "
             f"worst rel_l2 {summary['worst_rel_l2']:.3e} (<= {gate['max_rel_l2']}), "
             f"min cosine {summary['min_cosine']:.7f} (>= {gate['min_cosine']}), max abs {summary['max_abs']:.3e}, "
             f"masked rel max {summary['masked_rel_max']:.3e}")
         for note in summary["notes"]:
             log(f"  note | {note}")
-        for r in rows:
-            if not r["passed"]:
-                log(f"  fail | {r['item']} ({r['source']}): {'; '.join(r['failures'])}")
+        failed = [r for r in rows[name] if not r["passed"]]
+        for r in failed[:20]:
+            log(f"  fail | {r['item']} ({r['source']}): {'; '.join(r['failures'])}")
+        if len(failed) > 20:
+            log(f"  fail | ... and {len(failed) - 20} more, see accuracy_eval.json")
+        if summary["samples"] > 5:
+            worst = ", ".join(f"{w['item']} {w['rel_l2']:.2e}" for w in summary["worst_samples"])
+            log(f"  worst | {name} by rel_l2: {worst}")
 
     weights_meta = json.loads((paths.build / "weights.json").read_text())
     report = provenance.header("compare", cfg)

@@ -19,6 +19,7 @@ from pipeline.config import load_config, load_family
 from pipeline.errors import PipelineError, cli
 from pipeline.log import StageLog
 from pipeline.paths import ModelPaths
+from pipeline.progress import Progress
 
 from .batching import feed_names, fixed_batch, signature, split, stack
 from .targets import open_runner
@@ -185,10 +186,13 @@ def main(argv=None) -> int:
             load_s = t_start - t_load
             job = InferRun(cfg, family, runner, weights_meta, inputs_stage, outputs_stage, batch_size)
             depth = max(2, 2 * batch_size)
+            progress = Progress(len(sources), "infer")
             for idx, (source, (items, dt)) in enumerate(prefetch(job.prepare, sources, depth)):
                 t_prep += dt
                 job.add_source(idx, Path(source), items)
+                progress.update()
             job.flush()
+            progress.close()
         wall = time.perf_counter() - t_start
         manifest = {"model": cfg["name"], "input": input_desc, "feeds": job.names,
                     "sources": [str(s) for s in sources], "items": job.items_manifest}
