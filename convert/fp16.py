@@ -29,6 +29,28 @@ def initializer_range_report(model) -> dict:
     return {"float32_constants": total, "overflow_count": over, "flush_to_zero_count": under}
 
 
+def split_consumed_outputs(model) -> int:
+    """Give every graph output that other nodes also read its own Identity.
+
+    The fp16 converter (keep_io_types) casts graph outputs back to fp32, and a node that reads the same
+    tensor would then get fp32 in an fp16 graph (onnxruntime refuses to load it).
+    """
+    from onnx import helper
+
+    consumed = {i for n in model.graph.node for i in n.input}
+    count = 0
+    for out in model.graph.output:
+        if out.name not in consumed:
+            continue
+        internal = out.name + "__internal"
+        for node in model.graph.node:
+            node.output[:] = [internal if o == out.name else o for o in node.output]
+            node.input[:] = [internal if i == out.name else i for i in node.input]
+        model.graph.node.append(helper.make_node("Identity", [internal], [out.name], name=out.name + "__identity"))
+        count += 1
+    return count
+
+
 def convert_fp16(src: Path, dst: Path, keep_op_types: list[str]) -> dict:
     import onnx
     from onnxconverter_common import float16
@@ -37,6 +59,7 @@ def convert_fp16(src: Path, dst: Path, keep_op_types: list[str]) -> dict:
 
     model = onnx.load(str(src))
     report = initializer_range_report(model)
+    report["outputs_split"] = split_consumed_outputs(model)
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_op_types))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the converter warns once per truncated constant; we count them above

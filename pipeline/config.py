@@ -66,6 +66,8 @@ SCHEMA = {
         "batch_sizes": Opt(ListOf(int), [1]),
         # gears for the non-batch dynamic dims, in input order (ATC --dynamic_dims)
         "dynamic_dims": Opt(ListOf(ListOf(int)), []),
+        # fixed values for named dynamic axes other than batch (static .om), e.g. {frames: 1001}
+        "fixed_dims": Opt(MapOf(int), {}),
         "precision_mode": Opt(str, "force_fp16"),
         "keep_dtype": Opt(ListOf(str), []),
         "op_precision_mode": Opt(MapOf(OneOf(("high_precision", "high_performance"))), {}),
