@@ -162,6 +162,7 @@ def main(argv=None) -> int:
         paths.build.mkdir(parents=True, exist_ok=True)
         os.replace(raw, paths.onnx)
         os.replace(sim, paths.onnx_sim)
+        extra = family_torch.export_artifacts(module, cfg, paths.build) if hasattr(family_torch, "export_artifacts") else []
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -177,6 +178,7 @@ def main(argv=None) -> int:
                  "op_types": op_histogram(onnx_model)},
         "onnx_simplified": {**provenance.file_record(paths.onnx_sim), "nodes": len(sim_model.graph.node),
                             "op_types": op_histogram(sim_model), "simplifier": "onnxsim" if cfg["simplify"]["enabled"] else "none"},
+        "artifacts": [provenance.file_record(p) for p in extra],
         "parity": {"metric": "relative L2 ||a-b||/||b|| vs PyTorch eager, float64", "limit": limit,
                    "worst": worst, "verdict": verdict, "seed": seed, "cases": parity},
         "durations_s": {k: round(v, 3) for k, v in timings.items()},

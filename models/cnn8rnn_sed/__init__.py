@@ -23,6 +23,8 @@ from .audio import AUDIO_SUFFIXES, load_audio
 from .events import detect_events, top_k
 from .frontend import log_mel, num_frames
 
+FRONTEND_FILE = "frontend.npz"
+
 MODEL_SCHEMA = {
     "classes_num": Opt(int, 447),
     "classes_file": Opt(str, "models/cnn8rnn_sed/classes_447.txt", help="label names in output order"),
@@ -121,6 +123,24 @@ def generate_sources(cfg: dict, out_dir: Path, count: int | None = None, seed: i
     return paths
 
 
+_BUFFERS: dict = {}
+
+
+def frontend_buffers(cfg: dict):
+    """The model's own window and mel filterbank, written next to the ONNX by `make export`; else None."""
+    from pipeline.paths import ModelPaths
+
+    path = ModelPaths(cfg["name"]).build / FRONTEND_FILE
+    if not path.exists():
+        return None
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _BUFFERS:
+        with np.load(path) as z:
+            _BUFFERS.clear()
+            _BUFFERS[key] = (z["window"].astype(np.float32), z["fb"].astype(np.float32))
+    return _BUFFERS[key]
+
+
 def fixed_frames(input_meta) -> int | None:
     for m in input_meta or []:
         if len(m.shape) == 4 and isinstance(m.shape[2], int):
@@ -134,9 +154,10 @@ def prepare(source: Path, cfg: dict, input_meta) -> list[dict]:
     min_samples = max(int(round(pre["min_duration_s"] * sr)), pre["n_fft"] // 2 + 1, 4 * hop)
     wave, info = load_audio(Path(source), sr, min_samples)
     n = wave.shape[0]
+    buffers = frontend_buffers(cfg)
     frames = fixed_frames(input_meta)
     if frames is None and n <= pre["max_window_s"] * sr:
-        return [{"logmel": log_mel(wave, pre).T[None, None], "_info": info, "_window": (0, n, n)}]
+        return [{"logmel": log_mel(wave, pre, buffers).T[None, None], "_info": info, "_window": (0, n, n)}]
     frames = frames or num_frames(int(pre["max_window_s"] * sr), hop)
     win = (frames - 1) * hop                        # samples per window: frames = 1 + win // hop
     items = []
@@ -145,7 +166,7 @@ def prepare(source: Path, cfg: dict, input_meta) -> list[dict]:
         valid = chunk.shape[0]
         if valid < win:
             chunk = np.concatenate([chunk, np.zeros(win - valid, np.float32)])
-        items.append({"logmel": log_mel(chunk, pre).T[None, None], "_info": info, "_window": (start, valid, n),
+        items.append({"logmel": log_mel(chunk, pre, buffers).T[None, None], "_info": info, "_window": (start, valid, n),
                       "_frames": frames})
     return items
 

@@ -169,6 +169,20 @@ def load_weights(model: Cnn8Rnn, path: Path, cfg: dict) -> dict:
             "labels": labels, "labels_source": source, "sample_rate": sample_rate}
 
 
+def export_artifacts(model: Cnn8Rnn, cfg: dict, build_dir: Path) -> list[Path]:
+    """Ship the model's own front-end buffers next to the ONNX, so the host log-mel uses the exact values."""
+    from pipeline.atomic import atomic_path
+
+    from . import FRONTEND_FILE
+
+    path = Path(build_dir) / FRONTEND_FILE
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, window=model.melspec_extractor.spectrogram.window.numpy(),
+                     fb=model.melspec_extractor.mel_scale.fb.numpy())
+    return [path]
+
+
 def check_frontend_buffers(model: Cnn8Rnn, cfg: dict) -> None:
     """The host front-end recomputes window and mel filterbank; they must equal the checkpoint's buffers."""
     pre = cfg["preprocess"]
@@ -181,8 +195,9 @@ def check_frontend_buffers(model: Cnn8Rnn, cfg: dict) -> None:
                             f"{d_fb:.1e}, window {d_win:.1e}); check preprocess settings in the config")
 
 
-def calibration_audio(sample_rate: int, seed: int, clips: int = 8, seconds: float = 4.0) -> np.ndarray:
-    """Real-looking synthetic clips: harmonic tones with vibrato, chirps, noise bursts, clicks, quiet beds."""
+def calibration_audio(sample_rate: int, seed: int, clips: int = 12, seconds: float = 4.0) -> np.ndarray:
+    """Real-looking synthetic clips: harmonic tones with vibrato, chirps, noise bursts, clicks, plucked strings,
+    over quiet beds, at levels from -30 dBFS to near full scale."""
     rng = np.random.default_rng(seed)
     n = int(seconds * sample_rate)
     t = np.arange(n) / sample_rate
@@ -190,9 +205,9 @@ def calibration_audio(sample_rate: int, seed: int, clips: int = 8, seconds: floa
     for _ in range(clips):
         x = rng.normal(0, 10 ** rng.uniform(-3.5, -2), n)          # background
         for _ in range(rng.integers(2, 5)):
-            kind = rng.integers(0, 4)
+            kind = rng.integers(0, 5)
             a, b = sorted(rng.uniform(0, seconds, 2))
-            env = ((t >= a) & (t < b)).astype(np.float64) * 10 ** rng.uniform(-1.5, -0.3)
+            env = ((t >= a) & (t < b)).astype(np.float64) * 10 ** rng.uniform(-1.5, -0.05)
             if kind == 0:      # voiced-like harmonic tone with vibrato
                 f0 = rng.uniform(90, 400) * (1 + 0.02 * np.sin(2 * np.pi * 5 * t))
                 ph = 2 * np.pi * np.cumsum(f0) / sample_rate
@@ -203,6 +218,10 @@ def calibration_audio(sample_rate: int, seed: int, clips: int = 8, seconds: floa
             elif kind == 2:    # filtered noise burst
                 noise = np.convolve(rng.normal(0, 1, n), np.ones(rng.integers(1, 16)) / 8, mode="same")
                 x += env * noise
+            elif kind == 4:    # plucked string: decaying harmonics from the onset
+                f0 = rng.uniform(80, 900)
+                decay = np.exp(-np.clip(t - a, 0, None) * rng.uniform(3, 12)) * (t >= a)
+                x += env.max() * decay * sum(np.sin(2 * np.pi * k * f0 * t) * 0.7 ** k for k in range(1, 12))
             else:              # clicks
                 clicks = np.zeros(n)
                 clicks[rng.integers(0, n, 40)] = 1.0

@@ -1,0 +1,293 @@
+"""CNN8RNN: published checkpoint layout, NumPy front-end, host + ONNX path vs the PyTorch model, audio edge cases."""
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+import torch
+
+from models import cnn8rnn_sed as fam
+from models.cnn8rnn_sed import torch_model as tm
+from models.cnn8rnn_sed.events import detect_events
+from models.cnn8rnn_sed.frontend import log_mel
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+from pipeline.metrics import rel_l2
+from run.runners import OrtRunner, TensorMeta
+
+DATA = Path(__file__).parent / "data"
+REC = DATA / "pluck_32k_mono.wav"
+DYNAMIC = [TensorMeta("logmel", "float32", [None, 1, None, 64])]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("cnn8rnn_audioset_sed")
+
+
+@pytest.fixture(scope="module")
+def published(cfg, tmp_path_factory):
+    """A network with known weights written in the published layout, and its ONNX export."""
+    from safetensors.torch import save_file
+
+    from export.__main__ import export_onnx
+
+    net = tm.build(cfg)
+    tm.apply_standin(net, cfg, seed=5)
+    d = tmp_path_factory.mktemp("published")
+    sd = net.state_dict()
+    torch.save(sd, d / "pytorch_model.bin")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({"architectures": ["Cnn8RnnSoundEventDetection"], "classes_num": 447,
+                                               "sample_rate": 32000, "torch_dtype": "float32"}))
+    labels = fam.bundled_labels(cfg)[::-1]                       # a different order, to see it is used
+    (d / "classes.txt").write_text("\n".join(labels) + "\n")
+    loaded = tm.build(cfg)
+    prov = tm.load_weights(loaded, d, cfg)
+    feeds = {"logmel": fam.random_input("logmel", [1, 1, 301, 64], np.random.default_rng(0), cfg)}
+    export_onnx(tm.export_module(loaded, cfg), cfg, feeds, d / "model.onnx")
+    return {"net": net, "dir": d, "prov": prov, "labels": labels, "onnx": d / "model.onnx"}
+
+
+def host_path(cfg, onnx_path, source, meta, input_meta=DYNAMIC):
+    items = fam.prepare(source, cfg, input_meta)
+    with OrtRunner(onnx_path) as r:
+        outs = [{**r.infer({"logmel": it["logmel"]}), **{k: v for k, v in it.items() if k.startswith("_")}}
+                for it in items]
+    return fam.postprocess(cfg, source, outs, meta)
+
+
+def torch_reference(net, wave):
+    with torch.no_grad():
+        out = net(torch.from_numpy(wave)[None])
+    return out["clipwise_output"][0].numpy(), out["framewise_output"][0].numpy()
+
+
+def test_published_keys(cfg):
+    sd = tm.build(cfg).state_dict()
+    assert len(sd) == 67
+    assert tuple(sd["melspec_extractor.spectrogram.window"].shape) == (1024,)
+    assert tuple(sd["melspec_extractor.mel_scale.fb"].shape) == (513, 64)
+    assert tuple(sd["rnn.weight_ih_l0_reverse"].shape) == (768, 512)
+    assert sd["bn0.num_batches_tracked"].dtype == torch.int64
+
+
+def make_signal(kind):
+    sr, n = 32000, 32000 * 2 + 123
+    t = np.arange(n) / sr
+    rng = np.random.default_rng(1)
+    return {"sine": 0.99 * np.sin(2 * np.pi * 1000 * t), "noise": rng.normal(0, 0.3, n).clip(-1, 1),
+            "chirp": 0.5 * np.sin(2 * np.pi * (100 * t + 3000 * t ** 2)),
+            "impulses": np.where(np.arange(n) % 4000 == 0, 1.0, 0.0), "near_silence": rng.normal(0, 1e-6, n),
+            "recording": sf.read(REC, dtype="float32")[0][:n]}[kind].astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["sine", "noise", "chirp", "impulses", "near_silence", "recording"])
+def test_frontend_matches_torchaudio(cfg, kind):
+    """Against torchaudio's MelSpectrogram + AmplitudeToDB with the model's own float32 window and filterbank.
+
+    Run in float64, torchaudio and ours agree to < 1e-3 dB wherever the reference is above -80 dB. torchaudio
+    in float32 (how the published model runs) carries its own rounding: about 0.01 dB in bands 100 dB below
+    the frame's peak; within 60 dB of the peak it agrees to < 1e-3 dB as well.
+    """
+    import torchaudio
+
+    x = make_signal(kind)
+    ms = torchaudio.transforms.MelSpectrogram(32000, 1024, 1024, 320, 50, 14000, n_mels=64, norm="slaney",
+                                              mel_scale="slaney")
+    to_db = torchaudio.transforms.AmplitudeToDB(top_db=None)
+    buffers = (ms.spectrogram.window.numpy(), ms.mel_scale.fb.numpy())
+    ours = log_mel(x, cfg["preprocess"], buffers)
+    ref64 = to_db(ms.double()(torch.from_numpy(x).double())).numpy()
+    ms.float()
+    ref32 = to_db(ms(torch.from_numpy(x))).numpy()
+    assert ours.shape == ref64.shape == (64, 1 + len(x) // 320)
+    loud = ref64 > -80
+    if loud.any():
+        assert np.abs(ours - ref64)[loud].max() < 1e-3
+        near_peak = (ref32 > -80) & (ref32 > ref32.max(axis=0, keepdims=True) - 60)
+        assert np.abs(ours - ref32)[near_peak].max() < 1e-3
+        assert np.abs(ours - ref32)[ref32 > -80].max() < 0.02
+    computed = log_mel(x, cfg["preprocess"])           # no buffers: window/filterbank computed here
+    if loud.any():
+        assert np.abs(computed - ref64)[loud].max() < 2e-3
+
+
+def test_computed_buffers_equal_torchaudio_to_one_ulp():
+    import torchaudio
+
+    from models.cnn8rnn_sed.frontend import hann_periodic, mel_filterbank
+
+    ms = torchaudio.transforms.MelSpectrogram(32000, 1024, 1024, 320, 50, 14000, n_mels=64, norm="slaney",
+                                              mel_scale="slaney")
+    assert np.abs(hann_periodic(1024) - ms.spectrogram.window.numpy()).max() <= 6e-8
+    assert np.abs(mel_filterbank(32000, 1024, 64, 50.0, 14000.0) - ms.mel_scale.fb.numpy()).max() < 5e-8
+
+
+@pytest.mark.parametrize("fname", ["pytorch_model.bin", "model.safetensors"])
+def test_checkpoint_file_loads_strictly(cfg, published, fname):
+    net = tm.build(cfg)
+    prov = tm.load_weights(net, published["dir"] / fname, cfg)
+    for (k, a), (_, b) in zip(net.state_dict().items(), published["net"].state_dict().items()):
+        assert torch.equal(a, b), k
+    assert prov["labels"] == published["labels"] and prov["labels_source"].endswith("classes.txt")
+
+
+def test_host_and_onnx_path_reproduce_the_network_32k(cfg, published):
+    wave = sf.read(REC, dtype="float32")[0]
+    clip_ref, frame_ref = torch_reference(published["net"], wave)
+    summary, arrays = host_path(cfg, published["onnx"], REC, published["prov"])
+    assert arrays["framewise"].shape == frame_ref.shape == (1 + len(wave) // 320, 447)
+    assert rel_l2(arrays["clipwise"], clip_ref) < 1e-4
+    assert rel_l2(arrays["framewise"], frame_ref) < 1e-4
+    top = summary["top_k"][0]
+    assert top["label"] == published["labels"][int(np.argmax(clip_ref))]     # labels follow classes.txt
+
+
+def test_44k_stereo_recording_stays_close(cfg, published, tmp_path):
+    wave = sf.read(REC, dtype="float32")[0]
+    clip_ref, frame_ref = torch_reference(published["net"], wave)
+    from scipy.signal import resample as fft_resample        # an ideal band-limited upsampler, not ours
+
+    stereo = np.stack([fft_resample(wave.astype(np.float64), len(wave) * 441 // 320)] * 2, axis=1)
+    sf.write(tmp_path / "rec44.wav", stereo, 44100, subtype="FLOAT")
+    summary, arrays = host_path(cfg, published["onnx"], tmp_path / "rec44.wav", published["prov"])
+    assert summary["sample_rate_in"] == 44100 and summary["channels_in"] == 2
+    assert arrays["framewise"].shape == frame_ref.shape
+    assert rel_l2(arrays["clipwise"], clip_ref) < 1e-2
+    assert rel_l2(arrays["framewise"], frame_ref) < 1e-2
+
+
+def test_exported_gru_is_linear_before_reset(published):
+    model = onnx.load(str(published["onnx"]))
+    grus = [n for n in model.graph.node if n.op_type == "GRU"]
+    assert len(grus) == 1
+    attrs = {a.name: a for a in grus[0].attribute}
+    assert attrs["linear_before_reset"].i == 1 and attrs["direction"].s == b"bidirectional"
+    attrs["linear_before_reset"].i = 0
+    with pytest.raises(PipelineError, match="linear_before_reset=0; PyTorch's GRU needs 1"):
+        tm.check_onnx(model)
+
+
+@pytest.mark.parametrize("seconds", [1, 60])
+def test_onnx_parity_on_clip_lengths(cfg, published, seconds):
+    frames = 1 + seconds * 32000 // 320
+    x = fam.random_input("logmel", [1, 1, frames, 64], np.random.default_rng(seconds), cfg)
+    with torch.no_grad():
+        seg, clip = tm.export_module(published["net"], cfg)(torch.from_numpy(x))
+    with OrtRunner(published["onnx"]) as r:
+        out = r.infer({"logmel": x})
+    assert out["segmentwise_output"].shape == (1, frames // 4, 447)
+    assert rel_l2(out["segmentwise_output"], seg.numpy()) < 1e-5
+    assert rel_l2(out["clipwise_output"], clip.numpy()) < 1e-5
+
+
+def test_windows_for_a_fixed_length_target(cfg, published, tmp_path):
+    """25 s through 10 s windows: 3 windows, the frame count of the whole file, clip = pooling over all segments."""
+    rng = np.random.default_rng(2)
+    wave = np.concatenate([fam.synth_scene(rng, 32000, 5.0) for _ in range(5)])
+    sf.write(tmp_path / "long.wav", wave, 32000, subtype="FLOAT")
+    fixed = [TensorMeta("logmel", "float32", [1, 1, 1001, 64])]
+    items = fam.prepare(tmp_path / "long.wav", cfg, fixed)
+    assert len(items) == 3 and all(it["logmel"].shape == (1, 1, 1001, 64) for it in items)
+    summary, arrays = host_path(cfg, published["onnx"], tmp_path / "long.wav", published["prov"], fixed)
+    assert summary["windows"] == 3 and arrays["framewise"].shape == (1 + len(wave) // 320, 447)
+    seg = arrays["segmentwise"]
+    assert np.allclose(arrays["clipwise"], (seg * seg).sum(0) / seg.sum(0))
+    _, one_pass = host_path(cfg, published["onnx"], tmp_path / "long.wav", published["prov"])
+    # each window is its own pass (edge padding, GRU restart): identical inside, different at the edges
+    a, b = arrays["framewise"], one_pass["framewise"]
+    interior = np.ones(len(a), bool)
+    for edge in (1000, 2000, len(a)):
+        interior[max(0, edge - 60):edge + 60] = False
+    assert rel_l2(a[interior], b[interior]) < 0.01
+    assert rel_l2(a, b) > 1e-3
+
+
+def test_wrong_checkpoint_names_keys(cfg, tmp_path):
+    sd = tm.build(cfg).state_dict()
+    sd.pop("rnn.weight_hh_l0")
+    sd["head.fc.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    with pytest.raises(PipelineError, match=r"1 missing keys \['rnn\.weight_hh_l0'\], 1 unexpected keys \['head\.fc\.weight'\]"):
+        tm.load_weights(tm.build(cfg), tmp_path, cfg)
+
+
+def test_labels_fallback_and_mismatch(cfg, published, tmp_path):
+    import shutil
+
+    shutil.copy(published["dir"] / "model.safetensors", tmp_path / "model.safetensors")
+    prov = tm.load_weights(tm.build(cfg), tmp_path, cfg)
+    assert prov["labels"] == fam.bundled_labels(cfg) and prov["labels_source"].startswith("bundled")
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    with pytest.raises(PipelineError, match="has 2 labels, the model has 447 classes"):
+        tm.load_weights(tm.build(cfg), tmp_path, cfg)
+    (tmp_path / "config.json").write_text(json.dumps({"classes_num": 527, "sample_rate": 32000}))
+    with pytest.raises(PipelineError, match="says classes_num=527"):
+        tm.load_weights(tm.build(cfg), tmp_path, cfg)
+
+
+def test_events_from_a_probability_track(cfg):
+    post = dict(cfg["postprocess"], onset_threshold=0.5, offset_threshold=0.3, min_duration_s=0.05, merge_gap_s=0.03)
+    p = np.zeros((300, 3), np.float32)
+    p[10:40, 0] = 0.9          # 0.10-0.40 s
+    p[40:45, 0] = 0.35         # hysteresis: still above offset -> extends to 0.45
+    p[47:60, 0] = 0.8          # gap of 2 frames (0.02 s) -> merged
+    p[100:103, 1] = 0.95       # 30 ms: shorter than min duration -> dropped
+    p[200:250, 2] = 0.4        # never above onset -> no event
+    ev = detect_events(p, ["a", "b", "c"], post, 0.01)
+    assert ev == [{"label": "a", "index": 0, "onset_s": 0.1, "offset_s": 0.6, "peak_score": pytest.approx(0.9)}]
+
+
+def write(path, data, sr=32000, subtype="FLOAT"):
+    sf.write(path, data, sr, subtype=subtype)
+    return path
+
+
+def test_bad_audio_files(cfg, tmp_path):
+    cases = {
+        "empty.wav": (lambda p: write(p, np.zeros(0, np.float32)), "holds no audio samples"),
+        "short.wav": (lambda p: write(p, np.ones(320, np.float32) * 0.1), "is 10.0 ms long; the model needs at least"),
+        "nan.wav": (lambda p: write(p, np.array([0.1, np.nan] * 8000, np.float32)), "contains 8000 NaN/Inf samples"),
+        "corrupt.wav": (lambda p: p.write_bytes(b"RIFF\x00\x00garbage"), "cannot be decoded as audio"),
+    }
+    for name, (make, message) in cases.items():
+        path = tmp_path / name
+        make(path)
+        with pytest.raises(PipelineError, match=message):
+            fam.prepare(path, cfg, DYNAMIC)
+
+
+def test_silent_and_clipped_are_documented_results(cfg, published, tmp_path):
+    silent = write(tmp_path / "silent.wav", np.zeros(32000, np.float32), subtype="PCM_16")
+    summary, arrays = host_path(cfg, published["onnx"], silent, published["prov"])
+    assert summary["silent"] and "digital silence" in summary["warning"]
+    assert np.isfinite(arrays["framewise"]).all()
+    loud = write(tmp_path / "clipped.wav", np.sign(np.sin(np.arange(32000) / 5)).astype(np.float32), subtype="PCM_16")
+    summary, _ = host_path(cfg, published["onnx"], loud, published["prov"])
+    assert "clipped recording" in summary["warning"]
+
+
+def test_standin_weights_look_trained(cfg):
+    net = tm.build(cfg)
+    prov = tm.apply_standin(net, cfg, seed=0)
+    assert prov["kind"] == "stand-in" and prov["seed"] == 0 and len(prov["labels"]) == 447
+    wave = sf.read(REC, dtype="float32")[0]
+    clip, _ = torch_reference(net, wave)
+    assert np.mean((clip > 0.4) & (clip < 0.6)) < 0.25     # not all near 0.5 ...
+    assert clip.max() < 0.99 and np.mean(clip > 0.95) == 0  # ... nothing saturated ...
+    assert np.quantile(clip, 0.9) / np.quantile(clip, 0.1) > 50 and np.median(clip) < 0.2   # ... spread, mostly low
+    # BatchNorm statistics describe what the layers see on audio they were not calibrated on
+    x = net.front_end(torch.from_numpy(wave)[None])
+    normed = net.bn0(x.transpose(1, 3)).transpose(1, 3)
+    assert abs(float(normed.mean())) < 1.0 and 0.1 < float(normed.var()) < 10
+
+
+def test_generated_sources_cover_rates_and_channels(cfg, tmp_path):
+    paths = fam.generate_sources(cfg, tmp_path, count=4)
+    infos = [sf.info(str(p)) for p in paths]
+    assert {(i.samplerate, i.channels) for i in infos} == {(32000, 1), (44100, 2), (16000, 1), (48000, 2)}
+    assert [p.name for p in paths] == [p.name for p in fam.generate_sources(cfg, tmp_path / "again", count=4)]
