@@ -51,8 +51,8 @@ def main(argv=None) -> int:
 
     from . import ascend
 
-    preflight = ascend.preflight(cfg, paths, log)
     backend, why = resolve_backend(args.backend)
+    preflight = ascend.preflight(cfg, paths, log, strict=backend == "om")
     if why:
         log(f"om | {why}")
     script = ascend.write_script(cfg, paths, args.soc or cfg["atc"]["soc_version"], log)

@@ -1,16 +1,64 @@
-"""Glue from `make om` to the Ascend modules: pre-flight, atc.sh, ATC run."""
+"""Glue from `make om` to the Ascend modules: pre-flight, build/<model>/atc.sh, the ATC run."""
 from __future__ import annotations
 
+from pipeline import ascend_env, provenance
+from pipeline.atomic import write_json
 from pipeline.errors import PipelineError
 
-
-def preflight(cfg, paths, log):
-    return None
-
-
-def write_script(cfg, paths, soc, log):
-    return None
+from .atc import build_atc_jobs, run_atc, write_atc_script
+from .preflight import report_lines, run_preflight
 
 
-def build_om(cfg, paths, soc, log) -> dict:
-    raise PipelineError("om build not wired yet")
+def preflight(cfg, paths, log, strict: bool = False) -> dict:
+    """Runs first in `make om`; errors stop an .om build, and are reported (not fatal) for the CPU targets."""
+    report = run_preflight(paths.onnx_sim, cfg)
+    for line in report_lines(report, cfg["name"]):
+        if not line.startswith("WARNING") or strict:
+            log(f"om | {line}")
+    result = provenance.header("preflight", cfg)
+    result.update(report)
+    write_json(paths.results / "preflight.json", result)
+    if strict and report["verdict"] == "FAILED":
+        first = next(f for f in report["findings"] if f["level"] == "error")
+        raise PipelineError(f"pre-flight found {report['errors']} ATC blocker(s), first: {first['message']}; "
+                            f"fix: {first['fix']}")
+    return {"verdict": report["verdict"], "errors": report["errors"], "warnings": report["warnings"]}
+
+
+def resolve_soc(cfg, soc_arg: str | None) -> tuple[str | None, str]:
+    if soc_arg:
+        return soc_arg, "SOC="
+    if cfg["atc"]["soc_version"]:
+        return cfg["atc"]["soc_version"], "config atc.soc_version"
+    soc = ascend_env.probe_npus().get("soc_version")
+    return (soc, "npu-smi") if soc else (None, "unknown")
+
+
+def write_script(cfg, paths, soc_arg, log):
+    soc, _ = resolve_soc(cfg, soc_arg)
+    cann = ascend_env.find_toolkit().get("version")
+    jobs = build_atc_jobs(cfg, paths.onnx_sim.name, soc or "SOC_VERSION", cann)
+    path = write_atc_script(jobs, paths.atc_script, cfg["name"], soc)
+    log(f"om | ATC command{'s' if len(jobs) > 1 else ''} for this model: {paths.atc_script}")
+    return path
+
+
+def build_om(cfg, paths, soc_arg, log) -> dict:
+    soc, source = resolve_soc(cfg, soc_arg)
+    if not soc:
+        raise PipelineError("no --soc_version: npu-smi found no chip; pass SOC=<soc> (e.g. SOC=Ascend310P3; "
+                            "`npu-smi info` column Name, prefixed with Ascend)")
+    toolkit = ascend_env.find_toolkit()
+    atc = ascend_env.find_atc(toolkit)
+    if not atc["path"]:
+        from .backends import CANN_HINT
+
+        raise PipelineError(f"BACKEND=om needs ATC, which is not on PATH: {CANN_HINT}")
+    jobs = build_atc_jobs(cfg, paths.onnx_sim.name, soc, toolkit.get("version"))
+    log(f"om | ATC for {soc} ({source}), CANN {toolkit.get('version') or 'version unknown'}: {len(jobs)} .om file(s)")
+    oms = run_atc(jobs, paths.build, paths.logs / "atc.log", atc["path"], cfg["atc"]["timeout_s"])
+    for om in oms:
+        log(f"om | {om['path']} ({om['bytes'] / 2**20:.1f} MB, batch {om['batch'] or 'dynamic'}, mode {om['mode']})")
+    return {"backend": "om", "device": "npu", "soc_version": soc, "cann_version": toolkit.get("version"),
+            "atc": atc, "precision": cfg["atc"]["precision_mode"], "oms": oms,
+            "atc_argv": [j.argv for j in jobs], "source_onnx": provenance.file_record(paths.onnx_sim)}

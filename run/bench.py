@@ -159,14 +159,19 @@ def main(argv=None) -> int:
     bcfg = cfg["bench"]
     runner = open_runner(cfg, args.backend, args.device)
     log = StageLog(paths.logs / f"bench-{runner.backend}.log")
-    rows, feeds_per_row = [], []
+    rows, feeds_per_row, skipped = [], [], []
     cases = bcfg["shapes"] or [{}]
     with runner:       # the backend first, alone in memory
         for case in cases:
             for bs in bcfg["batch_sizes"]:
+                shapes = {t["name"]: concrete_shape(t, bs, case) for t in cfg["inputs"]}
+                why = runner.unsupported(shapes)
+                if why:
+                    log(f"bench | skipped bs={bs} {shapes}: {why}")
+                    skipped.append({"batch_size": bs, "shapes": shapes, "reason": why})
+                    continue
                 rng = np.random.default_rng(1000 + bs)
-                feeds = {t["name"]: family.random_input(t["name"], concrete_shape(t, bs, case), rng, cfg)
-                         for t in cfg["inputs"]}
+                feeds = {name: family.random_input(name, shape, rng, cfg) for name, shape in shapes.items()}
                 device_ms = []
 
                 def call():
@@ -218,7 +223,7 @@ def main(argv=None) -> int:
             "inputs": "seeded realistic inputs from the model family (random_input)",
             "peak_rss": "resident memory of this process sampled every 5 ms during the measured runs (backend runs happen before the PyTorch baseline is loaded)",
         },
-        "baseline": baseline_desc, "results": rows, "infer_pipeline": pipeline,
+        "baseline": baseline_desc, "results": rows, "skipped": skipped, "infer_pipeline": pipeline,
     })
     write_json(paths.results / "performance_eval.json", report)
     log(f"bench | results/{cfg['name']}/performance_eval.json")

@@ -75,6 +75,10 @@ class Runner(ABC):
     @abstractmethod
     def get_output_names(self) -> list[str]: ...
 
+    def unsupported(self, shapes: dict) -> str | None:
+        """Why this target cannot take inputs of these shapes (a static .om), or None."""
+        return None
+
     @abstractmethod
     def describe(self) -> dict:
         """Backend, device, files with hashes, runtime versions: goes into every result file."""

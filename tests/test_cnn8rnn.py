@@ -1,5 +1,4 @@
 """CNN8RNN: published checkpoint layout, NumPy front-end, host + ONNX path vs the PyTorch model, audio edge cases."""
-import copy
 import json
 from pathlib import Path
 
