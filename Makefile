@@ -84,8 +84,14 @@ $(B)/%/cfg.stamp: configs/%.yaml $(PIPE_SRC) | $(ENV_STAMP)
 	@touch $@
 $(B)/%/cfg/export.json $(B)/%/cfg/om.json $(B)/%/cfg/infer.json $(B)/%/cfg/compare.json $(B)/%/cfg/bench.json: $(B)/%/cfg.stamp ;
 
+ifeq ($(ENV),host)
+# An Ascend host has no torch: the exported model comes from the workstation's build folder, never rebuilt here
+$(B)/%/model.sim.onnx:
+	@test -f $@ || { echo "ERROR | $@ is missing: run 'make export' on a workstation and copy build/$*/ here (README: Running on an Ascend host)" >&2; exit 2; }
+else
 $(B)/%/model.sim.onnx: $(B)/%/cfg/export.json $(B)/%/weights.stamp $(PIPE_SRC) $(wildcard export/*.py) $$(call FAMILY_SRC,$$*) | $(ENV_STAMP)
 	$(PY) -m export --model $*
+endif
 
 $(B)/%/target-$(RB).json: $(B)/%/model.sim.onnx $(B)/%/cfg/om.json $(B)/%/om.stamp $(wildcard convert/*.py) | $(ENV_STAMP)
 	$(PY) -m convert --model $* --backend $(BACKEND)
