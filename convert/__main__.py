@@ -20,7 +20,7 @@ def build_ort_fp16(cfg, paths, log) -> dict:
     from .fp16 import convert_fp16
 
     t0 = time.perf_counter()
-    rep = convert_fp16(paths.onnx_sim, paths.onnx_fp16, cfg["fp16"]["keep_op_types"])
+    rep = convert_fp16(paths.onnx_sim, paths.onnx_fp16, cfg["fp16"]["keep_op_types"], cfg["fp16"]["keep_nodes"])
     log(f"om | ort-fp16 target {paths.onnx_fp16.name}: float16 inside, float32 inputs/outputs "
         f"({time.perf_counter() - t0:.1f} s; {rep['overflow_count']} constants above fp16 max, "
         f"{rep['flush_to_zero_count']} flushed to zero)")

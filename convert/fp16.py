@@ -51,23 +51,39 @@ def split_consumed_outputs(model) -> int:
     return count
 
 
-def convert_fp16(src: Path, dst: Path, keep_op_types: list[str]) -> dict:
-    import onnx
+def to_fp16(model, keep_op_types=(), keep_nodes=()):
+    """The fp16 model (fp32 inputs/outputs); ops of `keep_op_types` and nodes in `keep_nodes` stay fp32."""
+    import copy
+
     from onnxconverter_common import float16
+
+    model = copy.deepcopy(model)
+    split_consumed_outputs(model)
+    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_op_types))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the converter warns once per truncated constant
+        return float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
+                                                node_block_list=list(keep_nodes),
+                                                min_positive_val=FP16_MIN_SUBNORMAL, max_finite_val=FP16_MAX)
+
+
+def convert_fp16(src: Path, dst: Path, keep_op_types: list[str], keep_nodes: list[str] = ()) -> dict:
+    import onnx
 
     from pipeline.atomic import atomic_path
 
     model = onnx.load(str(src))
     report = initializer_range_report(model)
-    report["outputs_split"] = split_consumed_outputs(model)
-    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_op_types))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the converter warns once per truncated constant; we count them above
-        m16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
-                                               min_positive_val=FP16_MIN_SUBNORMAL, max_finite_val=FP16_MAX)
+    names = {n.name for n in model.graph.node}
+    missing = [n for n in keep_nodes if n not in names]
+    if missing:
+        from pipeline.errors import PipelineError
+
+        raise PipelineError(f"fp16.keep_nodes names {missing[:3]}, not in {src.name}; use names from `make precision`")
+    m16 = to_fp16(model, keep_op_types, keep_nodes)
     with atomic_path(dst) as tmp:
         onnx.save(m16, str(tmp))
-    kept = sum(1 for n in model.graph.node if n.op_type in set(keep_op_types))
-    report.update({"keep_op_types": sorted(keep_op_types), "nodes_kept_fp32": kept,
+    kept = sum(1 for n in model.graph.node if n.op_type in set(keep_op_types) or n.name in set(keep_nodes))
+    report.update({"keep_op_types": sorted(keep_op_types), "keep_nodes": list(keep_nodes), "nodes_kept_fp32": kept,
                    "converter": "onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True)"})
     return report

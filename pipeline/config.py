@@ -58,6 +58,8 @@ SCHEMA = {
     "fp16": Opt({
         # ops kept in fp32 in the ort-fp16 emulation target (op types)
         "keep_op_types": Opt(ListOf(str), []),
+        # node names kept in fp32 (what atc.keep_dtype keeps on the NPU; `make precision` proposes them)
+        "keep_nodes": Opt(ListOf(str), []),
     }, {}),
     "atc": Opt({
         "soc_version": Opt((str, type(None)), None),

@@ -104,3 +104,15 @@ def test_bad_audio_one_line(run, tmp_path):
     assert p.returncode != 0 and "Traceback" not in p.stderr
     errors = [l for l in p.stderr.splitlines() if l.startswith("ERROR |")]
     assert len(errors) == 1 and "broken.wav cannot be decoded as audio" in errors[0]
+
+
+def test_precision_doctor_through_make(run):
+    p = make(run[0], "precision", f"MODEL={MODEL}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"{MODEL} fp16 (emulated force_fp16)" in p.stdout and "not an NPU measurement" in p.stdout
+    rep = load(run[0], "precision_report.json")
+    assert rep["layers"] and all(r["node"] for r in rep["layers"])
+    assert any(r["op_type"] == "GRU" for r in rep["layers"])
+    assert (run[0] / "results" / MODEL / "precision_layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (run[0] / "results" / MODEL / "precision_report.md").read_text()
+    assert "CPU emulation" in md and "| force_fp16 (ATC default) |" in md

@@ -1,0 +1,77 @@
+"""Find a small set of nodes to keep in fp32 so the fp16 emulation passes the compare gate."""
+from __future__ import annotations
+
+import numpy as np
+
+from .emulate import round_fp16
+from pipeline.config import gate_for
+from pipeline.metrics import cosine, rel_l2
+
+from .layerwise import session
+
+
+def evaluate(model32, feeds_list, cfg, keep_nodes=(), keep_op_types=(), ref=None) -> dict:
+    """Final outputs of the fp16 emulation (with the keep lists) against fp32, through the compare gate."""
+    s16 = session(round_fp16(model32, keep_nodes, keep_op_types))
+    if ref is None:
+        s32 = session(model32)
+        ref = [dict(zip([o.name for o in s32.get_outputs()], s32.run(None, f))) for f in feeds_list]
+    names = [o.name for o in s16.get_outputs()]
+    worst = {}
+    for feeds, r in zip(feeds_list, ref):
+        got = dict(zip(names, s16.run(None, feeds)))
+        for name, b in r.items():
+            a = np.asarray(got[name], np.float64)
+            bad = not np.isfinite(a).all()
+            e = 1.0 if bad else rel_l2(a, b)
+            c = 0.0 if bad else cosine(a, b)
+            w = worst.setdefault(name, {"rel_l2": 0.0, "cosine": 1.0})
+            w["rel_l2"], w["cosine"] = max(w["rel_l2"], e), min(w["cosine"], c)
+    for name, w in worst.items():
+        g = gate_for(cfg, name)
+        w["passed"] = w["rel_l2"] <= g["max_rel_l2"] and w["cosine"] >= g["min_cosine"]
+    return {"passed": all(w["passed"] for w in worst.values()), "outputs": worst, "_ref": ref}
+
+
+def candidates(rows: list[dict]) -> list[str]:
+    """Nodes to try, most likely culprits first: values beyond fp16's range, then where the error jumps."""
+    overflow = [r["node"] for r in rows if r["overflow"] > 0 or r["nonfinite"] > 0]
+    jumps = sorted((r for r in rows if r["rel_l2"] > 1e-3 and r["node"] not in overflow),
+                   key=lambda r: -r["jump"] * r["rel_l2"])
+    return overflow + [r["node"] for r in jumps]
+
+
+def search(model32, feeds_list, cfg, rows, max_rounds: int = 8, step: int = 4) -> dict:
+    """Greedy: add culprits until the gate passes, then drop every node that is not needed."""
+    before = evaluate(model32, feeds_list, cfg)
+    ref = before["_ref"]
+    history = [{"keep": [], **_public(before)}]
+    if before["passed"]:
+        return {"before": _public(before), "after": _public(before), "keep": [], "history": history,
+                "passed": True}
+    order = candidates(rows)
+    keep: list[str] = []
+    first_round = [n for n in order if any(r["node"] == n and (r["overflow"] or r["nonfinite"]) for r in rows)]
+    result = before
+    for rnd in range(max_rounds):
+        add = first_round if rnd == 0 and first_round else [n for n in order if n not in keep][:step * (rnd + 1)]
+        if not add:
+            break
+        keep += [n for n in add if n not in keep]
+        result = evaluate(model32, feeds_list, cfg, keep, ref=ref)
+        history.append({"keep": list(keep), **_public(result)})
+        if result["passed"]:
+            break
+    if result["passed"]:
+        for node in list(reversed(keep)):                     # prune what the gate does not need
+            trial = [n for n in keep if n != node]
+            r = evaluate(model32, feeds_list, cfg, trial, ref=ref)
+            if r["passed"]:
+                keep, result = trial, r
+                history.append({"keep": list(keep), **_public(r), "pruned": node})
+    return {"before": _public(before), "after": _public(result), "keep": keep, "history": history,
+            "passed": result["passed"]}
+
+
+def _public(r: dict) -> dict:
+    return {k: v for k, v in r.items() if not k.startswith("_")}
