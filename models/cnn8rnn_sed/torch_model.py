@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.checkpoint import check_keys, read_state_dict
 from pipeline.errors import PipelineError
 from pipeline.provenance import sha256_file
 
@@ -106,22 +107,6 @@ def export_module(model: Cnn8Rnn, cfg: dict) -> nn.Module:
     return LogMelModel(model).eval()
 
 
-def _read(path: Path) -> dict:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path), device="cpu")
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign files raise many types
-        raise PipelineError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:160]}; "
-                            "give the published pytorch_model.bin or model.safetensors") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise PipelineError(f"{path} does not hold a state dict of tensors; give the published CNN8RNN checkpoint")
-    return sd
-
-
 def load_weights(model: Cnn8Rnn, path: Path, cfg: dict) -> dict:
     """A folder in the published layout (weights + config.json + classes.txt) or a single weights file."""
     path = Path(path)
@@ -143,18 +128,8 @@ def load_weights(model: Cnn8Rnn, path: Path, cfg: dict) -> dict:
             raise PipelineError(f"{folder / 'config.json'} says classes_num={hf.get('classes_num')}, "
                                 f"sample_rate={hf.get('sample_rate')}; the config expects {classes_num} and "
                                 f"{sample_rate}; use a matching checkpoint or edit the model config")
-    sd = _read(ckpt)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    if missing or unexpected:
-        raise PipelineError(f"{ckpt} does not fit CNN8RNN: {len(missing)} missing keys {missing[:3]}, "
-                            f"{len(unexpected)} unexpected keys {unexpected[:3]}; is it the right model's checkpoint?")
-    bad = [k for k in expected if tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if bad:
-        k = bad[0]
-        raise PipelineError(f"{ckpt}: {len(bad)} tensors have the wrong shape, e.g. {k} is {tuple(sd[k].shape)}, "
-                            f"expected {tuple(expected[k].shape)}; is it the right model's checkpoint?")
+    sd = read_state_dict(ckpt, "give the published pytorch_model.bin or model.safetensors of CNN8RNN")
+    check_keys(sd, model.state_dict(), ckpt, "CNN8RNN")
     model.load_state_dict(sd, strict=True)
     check_frontend_buffers(model, cfg)
     if (folder / "classes.txt").is_file():

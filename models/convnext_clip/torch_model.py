@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.checkpoint import check_keys, read_state_dict
 from pipeline.errors import PipelineError
 from pipeline.provenance import sha256_file
 
@@ -19,25 +20,6 @@ def build(cfg: dict) -> torch.nn.Module:
     m = cfg["model"]
     model = timm.create_model(m["architecture"], pretrained=False, num_classes=m["num_classes"])
     return model.eval()
-
-
-def _read_state_dict(path: Path) -> dict:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path), device="cpu")
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign files raise many types
-        raise PipelineError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}; "
-                            "give a timm model.safetensors / pytorch_model.bin or OpenCLIP open_clip_pytorch_model.bin") from None
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise PipelineError(f"{path} does not hold a state dict of tensors; give a timm or OpenCLIP checkpoint")
-    return sd
 
 
 def convert_open_clip(sd: dict) -> tuple[dict, str]:
@@ -66,19 +48,9 @@ def find_checkpoint(path: Path) -> Path:
 
 def load_weights(model: torch.nn.Module, path: Path, cfg: dict) -> dict:
     ckpt = find_checkpoint(Path(path))
-    sd, fmt = convert_open_clip(_read_state_dict(ckpt))
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    if missing or unexpected:
-        raise PipelineError(
-            f"{ckpt} does not fit {cfg['model']['architecture']} ({cfg['name']}): {len(missing)} missing keys "
-            f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}; is it the right model's checkpoint?")
-    bad = [k for k in expected if tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if bad:
-        k = bad[0]
-        raise PipelineError(f"{ckpt}: {len(bad)} tensors have the wrong shape, e.g. {k} is {tuple(sd[k].shape)}, "
-                            f"expected {tuple(expected[k].shape)}; is it the right model's checkpoint?")
+    hint = "give a timm model.safetensors / pytorch_model.bin or OpenCLIP open_clip_pytorch_model.bin"
+    sd, fmt = convert_open_clip(read_state_dict(ckpt, hint))
+    check_keys(sd, model.state_dict(), ckpt, f"{cfg['model']['architecture']} ({cfg['name']})")
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     fmt_name = {"timm": "timm safetensors" if ckpt.suffix == ".safetensors" else "timm pickle"}.get(fmt, "OpenCLIP")
     return {"kind": "file", "path": str(ckpt), "sha256": sha256_file(ckpt), "format": fmt_name,
