@@ -37,7 +37,7 @@ PIPE_SRC  := $(wildcard pipeline/*.py)
 family     = $(shell sed -n 's/^family: *//p' configs/$(1).yaml)
 FAMILY_SRC = $(wildcard models/$(call family,$(1))/*.py models/$(call family,$(1))/*.txt)
 
-.PHONY: help env export om infer compare bench all test clean distclean doctor preflight precision FORCE
+.PHONY: help env export om infer compare bench all test clean distclean doctor preflight precision report FORCE
 
 help:
 	@echo "Ascend offline-inference pipeline"
@@ -50,6 +50,7 @@ help:
 	@echo "  make bench      latency/throughput per batch size + PyTorch eager -> results/<model>/performance_eval.json"
 	@echo "  make preflight  offline ATC compatibility check of the ONNX     -> results/<model>/preflight.json"
 	@echo "  make doctor     what Ascend software is installed                -> results/env_info.json"
+	@echo "  make report     REPORT.md per model and combined, plots; PUBLISH=1 adds the model-card section"
 	@echo "  make precision  where fp16 loses precision, and the keep_dtype fix -> results/<model>/precision_report.md"
 	@echo "  make clean      remove build/ (ONNX, .om, .npy); results/ and logs/ stay"
 	@echo "Variables: MODEL=<$(CONFIGS)> BACKEND=<auto|om|ort-fp16|ort-cpu> (now: $(BACKEND) -> $(RB))"
@@ -115,6 +116,9 @@ infer:   $(foreach m,$(MODEL),$(B)/$(m)/infer-$(RB).done)
 compare: $(foreach m,$(MODEL),$(B)/$(m)/compare-$(RB).done)
 bench:   $(foreach m,$(MODEL),$(B)/$(m)/bench-$(RB).done)
 all:     compare bench
+
+report: | $(ENV_STAMP)
+	$(PY) -m report --model $(MODEL) $(if $(PUBLISH),--publish,)
 
 precision: $(foreach m,$(MODEL),$(B)/$(m)/model.sim.onnx) | $(ENV_STAMP)
 	@rc=0; for m in $(MODEL); do $(PY) -m precision --model $$m || rc=1; done; exit $$rc

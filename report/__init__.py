@@ -1,0 +1,1 @@
+"""make report: Markdown reports and plots built from results/ and logs/ only."""

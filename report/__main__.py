@@ -1,0 +1,166 @@
+"""make report: results/<model>/REPORT.md and results/REPORT.md from results/ and logs/ only (plus build/
+arrays for the plots where present). `--publish` also writes the model-card section for adaptation platforms."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import SCHEMA_VERSION
+from pipeline.atomic import write_text
+from pipeline.config import available_models, load_config, load_family
+from pipeline.errors import cli
+from pipeline.paths import ModelPaths
+
+from . import plots
+from .tables import (accuracy_table, device_label, environment, export_table, get, performance_table,
+                     precision_table, weights_line)
+
+FILES = ("export", "inference_result", "accuracy_eval", "performance_eval", "precision_report", "preflight")
+
+
+def load(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        print(f"WARNING | {path}: schema_version {doc.get('schema_version')}, this report reads {SCHEMA_VERSION}")
+    return doc
+
+
+def model_plots(cfg, paths, docs) -> list[tuple[str, Path]]:
+    out = []
+    d = paths.results / "plots"
+    p = plots.latency_throughput(docs["performance_eval"], d / "latency_throughput.png")
+    if p:
+        out.append(("Latency and throughput against batch size", p))
+    p = plots.error_distribution(docs["accuracy_eval"], d / "error_distribution.png")
+    if p:
+        out.append(("Relative L2 error per sample and output, with the gate", p))
+    inf = docs["inference_result"]
+    if not inf or not inf.get("samples"):
+        return out
+    sample = inf["samples"][0]
+    tgt_dir, ref_dir = Path(inf["outputs_dir"]), paths.outputs("reference")
+    arrays = sample.get("arrays", {})
+    family = load_family(cfg["family"])
+    item = sample["items"][0]
+    try:
+        if "framewise" in arrays and len(sample["items"]) == 1 and hasattr(family, "frames_from_segments"):
+            tgt = np.load(tgt_dir / arrays["framewise"]["file"])
+            seg = np.load(ref_dir / f"{item}.segmentwise_output.npy")[0]
+            ref = family.frames_from_segments(seg, tgt.shape[0])
+            labels = (json.loads((paths.build / "weights.json").read_text()).get("labels")
+                      or family.bundled_labels(cfg))
+            out.append(("Frame-level probabilities of the top classes, reference and target, detected events in cyan",
+                        plots.audio_heatmap(tgt, ref, labels, sample["summary"].get("events", []),
+                                            sample["summary"].get("frame_hop_s", 0.01), d / "frames_heatmap.png")))
+        elif "embedding" in arrays:
+            name = cfg["outputs"][0]["name"]
+            out.append(("Embedding difference per dimension, first sample",
+                        plots.embedding_difference(np.load(tgt_dir / "items" / f"{item}.{name}.npy"),
+                                                   np.load(ref_dir / f"{item}.{name}.npy"), d / "embedding_diff.png")))
+    except FileNotFoundError:
+        out.append(("(array plots skipped: build/ outputs of `make infer` and `make compare` are not here)", None))
+    return out
+
+
+def model_report(cfg, docs, env_info, figs) -> str:
+    name = cfg["name"]
+    inf = docs["inference_result"]
+    lines = [f"# {name}", "", cfg["description"], "",
+             f"Evidence produced on: **{device_label((docs['accuracy_eval'] or {}).get('target', {}).get('backend') or (inf or {}).get('backend'), (inf or {}).get('device'))}**.",
+             "", "## Environment", "", *environment(docs, env_info), "",
+             "## Weights", "", weights_line(docs["export"] or inf), "",
+             "## Export and simplification", "", *export_table(docs["export"]), "",
+             "## Accuracy against onnxruntime CPU fp32", "", *accuracy_table(docs["accuracy_eval"]), "",
+             "## Performance", "", *performance_table(docs["performance_eval"]), "",
+             "## Precision findings", "", *precision_table(docs["precision_report"]), ""]
+    if inf and inf.get("timing", {}).get("real_time_factor"):
+        lines += [f"`make infer` real-time factor: {inf['timing']['real_time_factor']:.1f} "
+                  f"({inf['timing']['audio_s']:.1f} s of audio) [↗](inference_result.json#/timing/real_time_factor)", ""]
+    if figs:
+        lines += ["## Plots", ""]
+        for caption, path in figs:
+            lines += [f"{caption}:", "", f"![{caption}](plots/{path.name})" if path else "", ""]
+    return "\n".join(lines)
+
+
+def combined(rows: list[tuple[str, dict]], env_info) -> str:
+    lines = ["# Adaptation report", "", "## Environment", "",
+             *environment({m: d.get("export") or d.get("inference_result") for m, d in rows}, env_info), "",
+             "## Models", "", "| model | evidence from | export parity | accuracy | best throughput (samples/s) | report |",
+             "|---|---|---|---|---|---|"]
+    for m, d in rows:
+        acc, perf, exp = d["accuracy_eval"], d["performance_eval"], d["export"]
+        best = max(((r["throughput_samples_per_s"], i) for i, r in enumerate((perf or {}).get("results", []))), default=None)
+        tp = (f"{best[0]:.2f} [↗]({m}/performance_eval.json#/results/{best[1]}/throughput_samples_per_s)"
+              if best else "n/a")
+        t = (acc or {}).get("target", {})
+        lines.append(f"| {m} | {device_label(t.get('backend'), t.get('device'))} | "
+                     f"{get(exp, '/parity/verdict') or 'not run'} | {(acc or {}).get('verdict', 'not run')} | {tp} | "
+                     f"[{m}/REPORT.md]({m}/REPORT.md) |")
+    return "\n".join(lines) + "\n"
+
+
+def publish(cfg, paths, docs) -> Path:
+    """Model-card section with the evidence as text, and the proof files in the layout platforms expect."""
+    acc, perf = docs["accuracy_eval"], docs["performance_eval"]
+    backend = (acc or {}).get("target", {}).get("backend") or (perf or {}).get("backend")
+    on_npu = backend == "om"
+    out = paths.results / "publish"
+    front = ["---", "hardware: NPU", "tags:", "  - NPU", "  - Ascend", "  - ascend-npu",
+             f"evidence_backend: {backend or 'none'}", f"evidence_device: {'npu' if on_npu else 'cpu'}", "---", "",
+             "#+NPU", ""]
+    banner = [] if on_npu else [
+        "> **These figures were measured on CPU with onnxruntime (backend "
+        f"`{backend}`), not on an Ascend NPU.** The model is adapted for Ascend (ATC command in `atc.sh`), but "
+        "NPU accuracy and speed are not shown here: run `make om infer compare bench BACKEND=om` on an Ascend "
+        "host and publish again.", ""]
+    body = [f"# {cfg['name']} on Ascend", "", *banner, "## Accuracy", "", *accuracy_table(acc), "",
+            "## Performance", "", *performance_table(perf), "",
+            "Proof files: `results/accuracy_eval.json`, `logs/accuracy_eval.log`.", ""]
+    text = "\n".join(front + body).replace("](accuracy_eval.json", "](results/accuracy_eval.json") \
+        .replace("](performance_eval.json", "](results/performance_eval.json")
+    write_text(out / "README.md", text)
+    for src, dst in ((paths.results / "accuracy_eval.json", out / "results" / "accuracy_eval.json"),
+                     (paths.results / "performance_eval.json", out / "results" / "performance_eval.json"),
+                     (paths.logs / "accuracy_eval.log", out / "logs" / "accuracy_eval.log")):
+        if src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    return out / "README.md"
+
+
+@cli
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m report", description=__doc__)
+    ap.add_argument("--model", nargs="*", default=None)
+    ap.add_argument("--publish", action="store_true")
+    args = ap.parse_args(argv)
+    models = args.model or available_models()
+    rows = []
+    env_info = None
+    for m in models:
+        cfg = load_config(m)
+        paths = ModelPaths(cfg["name"])
+        env_info = env_info or load(paths.results.parent / "env_info.json")
+        docs = {k: load(paths.results / f"{k}.json") for k in FILES}
+        figs = model_plots(cfg, paths, docs)
+        write_text(paths.results / "REPORT.md", model_report(cfg, docs, env_info, figs))
+        print(f"report | results/{m}/REPORT.md ({len([f for f in figs if f[1]])} plot(s))")
+        if args.publish:
+            print(f"report | {publish(cfg, paths, docs)}")
+        rows.append((m, docs))
+    top = ModelPaths(models[0]).results.parent / "REPORT.md"
+    write_text(top, combined(rows, env_info))
+    print(f"report | {top}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

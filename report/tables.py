@@ -1,0 +1,145 @@
+"""Markdown tables from the results JSON; every number links to the JSON field it came from."""
+from __future__ import annotations
+
+CPU_BACKENDS = {"ort-fp16", "ort-cpu"}
+
+
+def get(doc: dict | None, pointer: str):
+    """Value at a JSON pointer (/a/b/0), or None."""
+    cur = doc
+    for part in [p for p in pointer.split("/") if p]:
+        if isinstance(cur, list):
+            try:
+                cur = cur[int(part)]
+            except (ValueError, IndexError):
+                return None
+        elif isinstance(cur, dict):
+            cur = cur.get(part.replace("~1", "/").replace("~0", "~"))
+        else:
+            return None
+    return cur
+
+
+def cell(doc, file: str, pointer: str, fmt: str = "{:.3g}") -> str:
+    """A number with a link to its source: `1.2e-3 [↗](file#/pointer)`."""
+    v = get(doc, pointer)
+    if v is None:
+        return "n/a"
+    text = fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+    return f"{text} [↗]({file}#{pointer})"
+
+
+def device_label(backend: str | None, device: str | None) -> str:
+    if backend in CPU_BACKENDS:
+        what = "fp16 emulation" if backend == "ort-fp16" else "fp32"
+        return f"CPU ({backend}, onnxruntime {what}; not an NPU)"
+    if backend == "om":
+        return f"Ascend NPU ({device})"
+    return "not run"
+
+
+def environment(docs: dict, env_info: dict | None) -> list[str]:
+    head = next((d for d in docs.values() if d), None)
+    if not head:
+        return ["No results yet: run `make all`."]
+    host, ver = head.get("host", {}), head.get("versions", {})
+    npu = (env_info or {}).get("npu", {})
+    tk = (env_info or {}).get("toolkit", {})
+    return ["| item | value |", "|---|---|",
+            f"| host CPU | {host.get('cpu', '?')} ({host.get('cpu_count', '?')} cores), {host.get('os', '?')} |",
+            f"| NPU | {', '.join(c['name'] for c in npu.get('chips', [])) or 'none'} "
+            f"(soc {npu.get('soc_version') or 'n/a'}) |",
+            f"| CANN | {tk.get('version') or ('not installed' if env_info else 'not checked (make doctor)')} |",
+            f"| torch / onnxruntime / onnx | {ver.get('torch', '-')} / {ver.get('onnxruntime', '-')} / {ver.get('onnx', '-')} |",
+            f"| git | {head.get('git')} |"]
+
+
+def weights_line(doc: dict | None) -> str:
+    w = (doc or {}).get("weights") or {}
+    if w.get("kind") == "stand-in":
+        return f"stand-in weights, seed {w.get('seed')} (no published checkpoint was given; figures are not the published model's)"
+    if w.get("kind") == "file":
+        return f"`{w.get('path')}` ({w.get('format')}, sha256 `{w.get('sha256', '')[:16]}…`)"
+    return "unknown (run `make export`)"
+
+
+def export_table(doc: dict | None) -> list[str]:
+    if not doc:
+        return ["Export: not run."]
+    f = "export.json"
+    top = ", ".join(f"{k} {v}" for k, v in list((doc.get("onnx_simplified", {}).get("op_types") or {}).items())[:6])
+    return ["| figure | value |", "|---|---|",
+            f"| opset / exporter | {cell(doc, f, '/opset', '{}')} / {doc.get('exporter')} |",
+            f"| nodes before / after onnxsim | {cell(doc, f, '/onnx/nodes', '{}')} / {cell(doc, f, '/onnx_simplified/nodes', '{}')} |",
+            f"| parity (worst relative L2, PyTorch vs ONNX vs simplified) | {cell(doc, f, '/parity/worst', '{:.2e}')} "
+            f"(limit {cell(doc, f, '/parity/limit', '{:.0e}')}), {doc.get('parity', {}).get('verdict')} |",
+            f"| most frequent ops (simplified) | {top} |"]
+
+
+def accuracy_table(doc: dict | None) -> list[str]:
+    if not doc:
+        return ["Accuracy: not run (`make compare`)."]
+    f = "accuracy_eval.json"
+    t = doc.get("target", {})
+    lines = [f"Target: **{device_label(t.get('backend'), t.get('device'))}** against onnxruntime CPU fp32, "
+             f"verdict **{doc.get('verdict')}**.", "",
+             "| output | samples | gate (rel L2 ≤, cos ≥) | worst rel L2 | min cosine | max abs | masked rel max | masked rel mean | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for name, o in (doc.get("outputs") or {}).items():
+        p = f"/outputs/{name}/summary"
+        s = o.get("summary", {})
+        g = s.get("gate", {})
+        lines.append(f"| {name} | {cell(doc, f, p + '/samples', '{}')} | {g.get('max_rel_l2')}, {g.get('min_cosine')} | "
+                     f"{cell(doc, f, p + '/worst_rel_l2', '{:.2e}')} | {cell(doc, f, p + '/min_cosine', '{:.7f}')} | "
+                     f"{cell(doc, f, p + '/max_abs', '{:.2e}')} | {cell(doc, f, p + '/masked_rel_max', '{:.2e}')} | "
+                     f"{cell(doc, f, p + '/masked_rel_mean', '{:.2e}')} | {'PASSED' if s.get('passed') else 'FAILED'} |")
+        notes += [f"- {name}: {n}" for n in s.get("notes", [])]
+    lines += ["", "Masked relative error is |t − r| / |r| where |r| exceeds float32 eps (msit style): near-zero "
+              "reference values make it large even when the tensor is accurate, so the gate uses relative L2 and cosine."]
+    return lines + ([""] + notes if notes else [])
+
+
+def performance_table(doc: dict | None) -> list[str]:
+    if not doc:
+        return ["Performance: not run (`make bench`)."]
+    f = "performance_eval.json"
+    lines = [f"Backend: **{device_label(doc.get('backend'), doc.get('device'))}**. Throughput = "
+             f"{get(doc, '/method/throughput_definition')}; timer: {get(doc, '/method/timer')}.", "",
+             "| batch | input | mean ms | p50 | p90 | p99 | std | samples/s | PyTorch eager samples/s | ratio | extra |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(doc.get("results") or []):
+        p = f"/results/{i}"
+        extra = []
+        if "real_time_factor" in r:
+            extra.append(f"RTF {cell(doc, f, p + '/real_time_factor', '{:.1f}')}, front-end "
+                         f"{cell(doc, f, p + '/frontend_share_of_model', '{:.1%}')} of model")
+        if "ais_bench_throughput" in r:
+            extra.append(f"ais_bench (device compute) {cell(doc, f, p + '/ais_bench_throughput', '{:.1f}')}/s")
+        shape = "×".join(str(d) for d in next(iter(r.get("shapes", {}).values()), []))
+        lines.append(f"| {r['batch_size']} | {shape} | {cell(doc, f, p + '/latency_ms/mean', '{:.1f}')} | "
+                     f"{cell(doc, f, p + '/latency_ms/median', '{:.1f}')} | {cell(doc, f, p + '/latency_ms/p90', '{:.1f}')} | "
+                     f"{cell(doc, f, p + '/latency_ms/p99', '{:.1f}')} | {cell(doc, f, p + '/latency_ms/std', '{:.1f}')} | "
+                     f"{cell(doc, f, p + '/throughput_samples_per_s', '{:.2f}')} | "
+                     f"{cell(doc, f, p + '/torch_eager/throughput_samples_per_s', '{:.2f}')} | "
+                     f"{cell(doc, f, p + '/speedup_vs_torch_eager', '{:.2f}x')} | {'; '.join(extra) or '-'} |")
+    ip = doc.get("infer_pipeline")
+    if ip:
+        lines += ["", f"`make infer` path over {ip.get('sources')} generated files at batch {ip.get('batch_size')}: "
+                  f"{cell(doc, f, '/infer_pipeline/items_per_s', '{:.2f}')} items/s = "
+                  f"{cell(doc, f, '/infer_pipeline/ratio_to_model_only', '{:.1%}')} of the model-only figure."]
+    return lines
+
+
+def precision_table(doc: dict | None) -> list[str]:
+    if not doc:
+        return ["Precision doctor: not run (`make precision`)."]
+    f = "precision_report.json"
+    lines = [f"> {doc.get('disclaimer')}", "", "| option | verdict | compute kept in fp32 |", "|---|---|---|"]
+    for i, o in enumerate(doc.get("options") or []):
+        lines.append(f"| {o['option']} | {'PASSED' if o.get('passed') else 'FAILED'} | "
+                     f"{cell(doc, f, f'/options/{i}/fp32_compute_share', '{:.1%}')} |")
+    keep = get(doc, "/fix/keep") or []
+    lines += ["", f"Generated keep_dtype list: {len(keep)} node(s)" + (f": `{'`, `'.join(keep[:8])}`" if keep else
+                                                                       " (fp16 passes as it is).")]
+    return lines
