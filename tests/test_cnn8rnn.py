@@ -1,4 +1,5 @@
 """CNN8RNN: published checkpoint layout, NumPy front-end, host + ONNX path vs the PyTorch model, audio edge cases."""
+import copy
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from run.runners import OrtRunner, TensorMeta
 
 DATA = Path(__file__).parent / "data"
 REC = DATA / "pluck_32k_mono.wav"
+SPEECH = DATA / "speech_32k_mono.wav"
 DYNAMIC = [TensorMeta("logmel", "float32", [None, 1, None, 64])]
 
 
@@ -135,10 +137,11 @@ def test_checkpoint_file_loads_strictly(cfg, published, fname):
     assert prov["labels"] == published["labels"] and prov["labels_source"].endswith("classes.txt")
 
 
-def test_host_and_onnx_path_reproduce_the_network_32k(cfg, published):
-    wave = sf.read(REC, dtype="float32")[0]
+@pytest.mark.parametrize("rec", [REC, SPEECH], ids=["pluck", "speech"])
+def test_host_and_onnx_path_reproduce_the_network_32k(cfg, published, rec):
+    wave = sf.read(rec, dtype="float32")[0]
     clip_ref, frame_ref = torch_reference(published["net"], wave)
-    summary, arrays = host_path(cfg, published["onnx"], REC, published["prov"])
+    summary, arrays = host_path(cfg, published["onnx"], rec, published["prov"])
     assert arrays["framewise"].shape == frame_ref.shape == (1 + len(wave) // 320, 447)
     assert rel_l2(arrays["clipwise"], clip_ref) < 1e-4
     assert rel_l2(arrays["framewise"], frame_ref) < 1e-4
@@ -146,8 +149,9 @@ def test_host_and_onnx_path_reproduce_the_network_32k(cfg, published):
     assert top["label"] == published["labels"][int(np.argmax(clip_ref))]     # labels follow classes.txt
 
 
-def test_44k_stereo_recording_stays_close(cfg, published, tmp_path):
-    wave = sf.read(REC, dtype="float32")[0]
+@pytest.mark.parametrize("rec", [REC, SPEECH], ids=["pluck", "speech"])
+def test_44k_stereo_recording_stays_close(cfg, published, tmp_path, rec):
+    wave = sf.read(rec, dtype="float32")[0]
     clip_ref, frame_ref = torch_reference(published["net"], wave)
     from scipy.signal import resample as fft_resample        # an ideal band-limited upsampler, not ours
 
@@ -171,7 +175,7 @@ def test_exported_gru_is_linear_before_reset(published):
         tm.check_onnx(model)
 
 
-@pytest.mark.parametrize("seconds", [1, 60])
+@pytest.mark.parametrize("seconds", [1, 3, 10, 60])
 def test_onnx_parity_on_clip_lengths(cfg, published, seconds):
     frames = 1 + seconds * 32000 // 320
     x = fam.random_input("logmel", [1, 1, frames, 64], np.random.default_rng(seconds), cfg)
@@ -211,7 +215,8 @@ def test_wrong_checkpoint_names_keys(cfg, tmp_path):
     sd.pop("rnn.weight_hh_l0")
     sd["head.fc.weight"] = torch.zeros(1)
     torch.save(sd, tmp_path / "pytorch_model.bin")
-    with pytest.raises(PipelineError, match=r"1 missing keys \['rnn\.weight_hh_l0'\], 1 unexpected keys \['head\.fc\.weight'\]"):
+    with pytest.raises(PipelineError, match=r"1 missing keys \['rnn\.weight_hh_l0'\], "
+                                            r"1 unexpected keys \['head\.fc\.weight'\]"):
         tm.load_weights(tm.build(cfg), tmp_path, cfg)
 
 
@@ -250,7 +255,7 @@ def test_bad_audio_files(cfg, tmp_path):
     cases = {
         "empty.wav": (lambda p: write(p, np.zeros(0, np.float32)), "holds no audio samples"),
         "short.wav": (lambda p: write(p, np.ones(320, np.float32) * 0.1), "is 10.0 ms long; the model needs at least"),
-        "nan.wav": (lambda p: write(p, np.array([0.1, np.nan] * 8000, np.float32)), "contains 8000 NaN/Inf samples"),
+        "nan.wav": (lambda p: write(p, np.array([0.1, np.nan] * 8000, np.float32)), "contains NaN/Inf samples"),
         "corrupt.wav": (lambda p: p.write_bytes(b"RIFF\x00\x00garbage"), "cannot be decoded as audio"),
     }
     for name, (make, message) in cases.items():
@@ -270,20 +275,22 @@ def test_silent_and_clipped_are_documented_results(cfg, published, tmp_path):
     assert "clipped recording" in summary["warning"]
 
 
-def test_standin_weights_look_trained(cfg):
+@pytest.fixture(scope="module")
+def standin(cfg):
     net = tm.build(cfg)
-    prov = tm.apply_standin(net, cfg, seed=0)
+    return net, tm.apply_standin(net, cfg, seed=0)
+
+
+def test_standin_weights_look_trained(cfg, standin):
+    """Clip probabilities on real-looking audio spread from ~1e-4 (rare classes) to a few tenths, none saturated."""
+    net, prov = standin
     assert prov["kind"] == "stand-in" and prov["seed"] == 0 and len(prov["labels"]) == 447
-    wave = sf.read(REC, dtype="float32")[0]
-    clip, _ = torch_reference(net, wave)
-    assert np.mean((clip > 0.4) & (clip < 0.6)) < 0.25     # not all near 0.5 ...
-    assert clip.max() < 0.99 and np.mean(clip > 0.95) == 0  # ... nothing saturated ...
-    assert np.quantile(clip, 0.9) / np.quantile(clip, 0.1) > 50 and np.median(clip) < 0.2   # ... spread, mostly low
-    # BatchNorm statistics describe what the layers see on audio they were not calibrated on
-    with torch.no_grad():
-        x = net.front_end(torch.from_numpy(wave)[None])
-        normed = net.bn0(x.transpose(1, 3)).transpose(1, 3)
-    assert abs(float(normed.mean())) < 1.0 and 0.1 < float(normed.var()) < 10
+    for rec in (REC, SPEECH):
+        clip, frames = torch_reference(net, sf.read(rec, dtype="float32")[0])
+        assert clip.min() < 1e-3 and 0.2 < clip.max() < 0.95          # spread ...
+        assert np.median(clip) < 0.05 and np.quantile(clip, 0.9) / np.quantile(clip, 0.1) > 20   # ... mostly rare
+        assert np.mean((clip > 0.4) & (clip < 0.6)) < 0.02             # not all near 0.5
+        assert frames.max() < 0.999 and np.mean(frames > 0.5) < 0.01   # not saturated
 
 
 def test_generated_sources_cover_rates_and_channels(cfg, tmp_path):
@@ -291,3 +298,198 @@ def test_generated_sources_cover_rates_and_channels(cfg, tmp_path):
     infos = [sf.info(str(p)) for p in paths]
     assert {(i.samplerate, i.channels) for i in infos} == {(32000, 1), (44100, 2), (16000, 1), (48000, 2)}
     assert [p.name for p in paths] == [p.name for p in fam.generate_sources(cfg, tmp_path / "again", count=4)]
+
+
+def test_shortest_accepted_clip_gives_one_segment(cfg, published, tmp_path):
+    """960 samples (30 ms) = 4 frames = 1 segment goes through; 959 is refused with the minimum named."""
+    rng = np.random.default_rng(3)
+    ok = write(tmp_path / "30ms.wav", rng.normal(0, 0.1, 960).astype(np.float32))
+    wave = sf.read(ok, dtype="float32")[0]
+    clip_ref, frame_ref = torch_reference(published["net"], wave)
+    summary, arrays = host_path(cfg, published["onnx"], ok, published["prov"])
+    assert arrays["segmentwise"].shape == (1, 447) and arrays["framewise"].shape == frame_ref.shape == (4, 447)
+    assert rel_l2(arrays["clipwise"], clip_ref) < 1e-4 and rel_l2(arrays["framewise"], frame_ref) < 1e-4
+    short = write(tmp_path / "short.wav", rng.normal(0, 0.1, 959).astype(np.float32))
+    with pytest.raises(PipelineError, match=r"needs at least 30 ms \(960 samples at 32000 Hz\)"):
+        fam.prepare(short, cfg, DYNAMIC)
+
+
+def test_plan_windows_cover_the_file(cfg):
+    """Windows own consecutive frames, whole segments except at the end, and feed what the target takes."""
+    pre = cfg["preprocess"]
+    for fixed in (None, 1001, 1000):
+        for t in (4, 5, 101, 1000, 1001, 1002, 2001, 6000, 6001, 6002, 12001, 360001):
+            plan = fam.plan_windows(t, pre, fixed)
+            assert plan[0][0] == 0 and sum(own for _, own, _ in plan) == t
+            assert all(a[0] + a[1] == b[0] for a, b in zip(plan, plan[1:]))
+            assert all(own % 4 == 0 for _, own, _ in plan[:-1]) and all(fed >= 4 for *_, fed in plan)
+            if fixed:
+                assert {fed for *_, fed in plan} == {fixed} and plan[-1][1] <= fixed
+            elif t <= 6001:
+                assert plan == [(0, t, t)]                                      # one pass
+            else:
+                assert all(own == fed <= 6001 for _, own, fed in plan)         # no fill-up, <= 60 s ...
+                assert len(plan) == -(-t // 6000)                              # ... as few windows as possible
+    assert len(fam.plan_windows(360001, pre, 1001)) == 360
+
+
+def torch_on_logmel(net, logmel):
+    """PyTorch's segmentwise (S, C) and framewise (T, C) for a (T, 64) log-mel, published frame rule."""
+    with torch.no_grad():
+        seg, _ = net.from_logmel(torch.from_numpy(np.ascontiguousarray(logmel))[None, None])
+    return seg[0].numpy(), fam.frames_from_segments(seg[0].numpy(), logmel.shape[0])
+
+
+def test_long_file_on_a_dynamic_target_uses_unpadded_windows(cfg, published, tmp_path):
+    """max_window_s 4 s, a 10.5 s file (1051 frames): 3 windows owning 352, 352, 347 frames, nothing filled
+    up; each window is the PyTorch model on that slice of the file's log-mel; clip pools all segments."""
+    small = copy.deepcopy(cfg)
+    small["preprocess"]["max_window_s"] = 4.0
+    rng = np.random.default_rng(4)
+    wave = np.concatenate([fam.synth_scene(rng, 32000, 3.5) for _ in range(3)])
+    src = write(tmp_path / "long.wav", wave)
+    items = fam.prepare(src, small, DYNAMIC)
+    assert [it["_window"] for it in items] == [(0, 352, 352, 1051), (352, 352, 352, 1051), (704, 347, 347, 1051)]
+    summary, arrays = host_path(small, published["onnx"], src, published["prov"])
+    assert summary["windows"] == 3 and summary["silence_fill_s"] == 0
+    mel = log_mel(wave, cfg["preprocess"]).T
+    segs, frames = zip(*[torch_on_logmel(published["net"], mel[a:b]) for a, b in ((0, 352), (352, 704), (704, 1051))])
+    assert rel_l2(arrays["framewise"], np.concatenate(frames)) < 1e-4
+    seg = np.concatenate(segs).astype(np.float64)
+    assert arrays["segmentwise"].shape == (88 + 88 + 86, 447) and rel_l2(arrays["segmentwise"], seg) < 1e-4
+    assert rel_l2(arrays["clipwise"], (seg ** 2).sum(0) / seg.sum(0)) < 1e-4
+
+
+def test_short_file_on_a_fixed_target_pools_only_real_segments(cfg, published, tmp_path):
+    """3 s (301 frames) in a 1001-frame static input: the file's log-mel followed by 700 silence frames
+    (-100 dB); the fill's frames and segments are cut and the clip pools the 76 segments over real frames."""
+    wave = fam.synth_scene(np.random.default_rng(5), 32000, 3.0)
+    src = write(tmp_path / "3s.wav", wave)
+    fixed = [TensorMeta("logmel", "float32", [1, 1, 1001, 64])]
+    items = fam.prepare(src, cfg, fixed)
+    assert len(items) == 1 and items[0]["_window"] == (0, 301, 1001, 301)
+    assert np.all(items[0]["logmel"][0, 0, 301:] == -100.0)
+    summary, arrays = host_path(cfg, published["onnx"], src, published["prov"], fixed)
+    assert summary["silence_fill_s"] == pytest.approx(7.0) and arrays["framewise"].shape == (301, 447)
+    filled = np.concatenate([log_mel(wave, cfg["preprocess"]).T, np.full((700, 64), -100.0, np.float32)])
+    seg, frames = torch_on_logmel(published["net"], filled)
+    seg = seg[:76].astype(np.float64)
+    assert rel_l2(arrays["framewise"], frames[:301]) < 1e-4 and rel_l2(arrays["segmentwise"], seg) < 1e-4
+    assert rel_l2(arrays["clipwise"], (seg ** 2).sum(0) / seg.sum(0)) < 1e-4
+
+
+def test_events_match_a_frame_by_frame_reference():
+    """The vectorised hysteresis equals a plain loop on random tracks."""
+    from models.cnn8rnn_sed.events import class_events
+
+    def reference(p, onset, offset, min_frames, max_gap):
+        found, t = [], 0
+        while t < len(p):
+            if p[t] >= onset:
+                s = t
+                while s > 0 and p[s - 1] >= offset:
+                    s -= 1
+                e = t
+                while e < len(p) and p[e] >= offset:
+                    e += 1
+                found.append([s, e])
+                t = e
+            else:
+                t += 1
+        merged = []
+        for r in found:
+            if merged and r[0] - merged[-1][1] <= max_gap:
+                merged[-1][1] = r[1]
+            else:
+                merged.append(r)
+        return [(s, e, float(p[s:e].max())) for s, e in merged if e - s >= min_frames]
+
+    rng = np.random.default_rng(6)
+    for _ in range(200):
+        p = np.convolve(rng.uniform(0, 1, 400), np.ones(5) / 5, mode="same").astype(np.float32)
+        args = (rng.uniform(0.5, 0.7), rng.uniform(0.3, 0.5), int(rng.integers(1, 8)), int(rng.integers(0, 6)))
+        assert class_events(p, *args) == reference(p, *args)
+
+
+def test_event_offsets_stay_inside_the_audio():
+    post = {"onset_threshold": 0.5, "offset_threshold": 0.3, "min_duration_s": 0.01, "merge_gap_s": 0.0}
+    p = np.zeros((101, 1), np.float32)
+    p[90:, 0] = 0.9
+    ev = detect_events(p, ["a"], post, 0.01, duration_s=1.003)
+    assert ev[0]["onset_s"] == 0.9 and ev[0]["offset_s"] == 1.003
+
+
+def test_batchnorm_statistics_match_activations(standin):
+    """Stand-in BN statistics are what each BN sees: exactly on the calibration audio, closely on the
+    recordings (normalised activations: per-channel mean near 0, variance near 1 for most channels)."""
+    net = standin[0]
+    bns = tm.batchnorms(net)
+    stats = {}
+
+    def hook(i):
+        def record(bn, inp):
+            z = (inp[0].double() - bn.running_mean.double()[None, :, None, None]) / \
+                bn.running_var.double().sqrt()[None, :, None, None]
+            stats[i] = (z.mean(dim=(0, 2, 3)).numpy(), z.var(dim=(0, 2, 3), unbiased=False).numpy())
+        return record
+
+    hooks = [bn.register_forward_pre_hook(hook(i)) for i, bn in enumerate(bns)]
+    try:
+        with torch.no_grad():
+            net.from_logmel(net.front_end(torch.from_numpy(tm.calibration_audio(32000, 0))))
+        assert len(stats) == 9
+        for mean, var in stats.values():
+            assert np.abs(mean).max() < 1e-4 and np.all(var < 1.0) and np.median(var) > 0.9
+        for rec in (REC, SPEECH):
+            with torch.no_grad():
+                net(torch.from_numpy(sf.read(rec, dtype="float32")[0])[None])
+            for i, (mean, var) in stats.items():
+                assert np.median(np.abs(mean)) < 1.0 and 0.1 < np.median(var) < 10, (rec.name, i)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def test_streamed_decoding_equals_one_shot_resampling(cfg, tmp_path):
+    """Blocks of 2^18 frames through soxr's stream = one soxr call on the whole mono mix."""
+    import soxr
+
+    from models.cnn8rnn_sed.audio import load_audio
+
+    rng = np.random.default_rng(7)
+    stereo = np.stack([fam.synth_scene(rng, 48000, 12.0), fam.synth_scene(rng, 48000, 12.0)], axis=1)
+    src = write(tmp_path / "48k.wav", stereo, sr=48000)
+    wave, info = load_audio(src, 32000, 960)
+    ref = soxr.resample(stereo.astype(np.float32).mean(axis=1).astype(np.float64), 48000, 32000, "VHQ")
+    assert info["channels_in"] == 2 and info["samples_in"] == 576000 and wave.shape == ref.shape == (384000,)
+    assert np.abs(wave - ref).max() < 1e-6
+
+
+def test_config_checks(cfg):
+    from pipeline.errors import ConfigError
+
+    bad = copy.deepcopy(cfg)
+    bad["model"]["classes_num"] = 527
+    with pytest.raises(ConfigError, match="has 447 names but classes_num is 527"):
+        fam.check_config(bad, "x.yaml")
+    bad = copy.deepcopy(cfg)
+    bad["postprocess"]["offset_threshold"] = 0.9
+    with pytest.raises(ConfigError, match="offset_threshold <= onset_threshold"):
+        fam.check_config(bad, "x.yaml")
+
+
+def test_ogg_stereo_48k_decodes(cfg, tmp_path):
+    x = fam.synth_scene(np.random.default_rng(8), 48000, 1.0)
+    src = tmp_path / "clip.ogg"
+    sf.write(src, np.stack([x, 0.5 * x], axis=1), 48000, format="OGG", subtype="VORBIS")
+    items = fam.prepare(src, cfg, DYNAMIC)
+    assert len(items) == 1 and items[0]["logmel"].shape == (1, 1, 101, 64)
+    assert items[0]["_info"]["channels_in"] == 2 and items[0]["_info"]["sample_rate_in"] == 48000
+    assert fam.find_sources(str(tmp_path), cfg) == [src]
+
+
+def test_corrupt_checkpoint_is_one_line(cfg, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(PipelineError, match=r"cannot read checkpoint .*model\.safetensors") as err:
+        tm.load_weights(tm.build(cfg), tmp_path, cfg)
+    assert "\n" not in str(err.value)

@@ -5,45 +5,46 @@ import numpy as np
 
 
 def top_k(clip: np.ndarray, labels: list[str], k: int) -> list[dict]:
-    idx = np.argsort(-clip)[:k]
+    idx = np.argsort(-clip, kind="stable")[:k]
     return [{"index": int(i), "label": labels[i], "score": round(float(clip[i]), 6)} for i in idx]
 
 
+def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start (inclusive) and end (exclusive) indices of the runs of True in a 1-D boolean array."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+
+
 def class_events(p: np.ndarray, onset: float, offset: float, min_frames: int, max_gap: int) -> list[tuple]:
-    """Runs that rise above `onset` and last while above `offset`; gaps <= max_gap merged; short runs dropped."""
-    runs, t, n = [], 0, len(p)
-    above = p >= offset
-    while t < n:
-        if p[t] >= onset:
-            start = t
-            while start > 0 and above[start - 1]:
-                start -= 1
-            end = t
-            while end < n and above[end]:
-                end += 1
-            runs.append([start, end])
-            t = end
-        else:
-            t += 1
-    merged = []
-    for r in runs:
-        if merged and r[0] - merged[-1][1] <= max_gap:
-            merged[-1][1] = max(merged[-1][1], r[1])
-        else:
-            merged.append(r)
-    return [(s, e, float(p[s:e].max())) for s, e in merged if e - s >= min_frames]
+    """Hysteresis: a run of frames >= `offset` is an event if some frame in it reaches `onset`.
+    Events separated by at most `max_gap` frames are merged; events shorter than `min_frames` are dropped.
+    Returns (start frame, end frame exclusive, peak probability)."""
+    starts, ends = runs(p >= offset)
+    if starts.size == 0:
+        return []
+    keep = np.maximum.reduceat(p, starts) >= onset
+    starts, ends = starts[keep], ends[keep]
+    if starts.size == 0:
+        return []
+    new = np.concatenate([[True], starts[1:] - ends[:-1] > max_gap])    # gap to the previous event
+    first = np.nonzero(new)[0]
+    starts, ends = starts[first], ends[np.concatenate([first[1:] - 1, [len(ends) - 1]])]
+    return [(int(s), int(e), float(p[s:e].max())) for s, e in zip(starts, ends) if e - s >= min_frames]
 
 
-def detect_events(frames: np.ndarray, labels: list[str], post: dict, hop_s: float) -> list[dict]:
-    """frames: (T, C) probabilities at hop_s per frame."""
+def detect_events(frames: np.ndarray, labels: list[str], post: dict, hop_s: float,
+                  duration_s: float | None = None) -> list[dict]:
+    """frames: (T, C) probabilities, frame t centred at t*hop_s. An event over frames [s, e) spans
+    [s*hop_s, e*hop_s), the offset capped at the audio duration. Sorted by onset, then by peak score."""
     min_frames = max(1, int(round(post["min_duration_s"] / hop_s)))
     max_gap = int(round(post["merge_gap_s"] / hop_s))
     candidates = np.nonzero(frames.max(axis=0) >= post["onset_threshold"])[0]
+    end_cap = float("inf") if duration_s is None else duration_s
     events = []
     for c in candidates:
-        for s, e, peak in class_events(frames[:, c], post["onset_threshold"], post["offset_threshold"],
-                                       min_frames, max_gap):
+        track = np.ascontiguousarray(frames[:, c])
+        for s, e, peak in class_events(track, post["onset_threshold"], post["offset_threshold"], min_frames, max_gap):
             events.append({"label": labels[c], "index": int(c), "onset_s": round(s * hop_s, 3),
-                           "offset_s": round(e * hop_s, 3), "peak_score": round(peak, 6)})
-    events.sort(key=lambda ev: (ev["onset_s"], -ev["peak_score"]))
+                           "offset_s": round(min(e * hop_s, end_cap), 3), "peak_score": round(peak, 6)})
+    events.sort(key=lambda ev: (ev["onset_s"], -ev["peak_score"], ev["index"]))
     return events

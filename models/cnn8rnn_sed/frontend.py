@@ -75,16 +75,52 @@ def _rfft(frames: np.ndarray) -> np.ndarray:
 _PREPARED: dict = {}
 
 
+class MelProjection:
+    """power (T, bins) -> mel (T, n_mels) with a triangular filterbank, without BLAS.
+
+    Adjacent triangles overlap, but the even-numbered ones do not overlap each other, nor do the odd ones:
+    each parity is one weight per FFT bin followed by a sum over each band's contiguous bins (add.reduceat).
+    That is ~30x fewer operations than the dense product and never spins up BLAS threads next to a running
+    model. A filterbank without that structure falls back to the dense float64 product.
+    """
+
+    def __init__(self, fb: np.ndarray):
+        self.fb = np.ascontiguousarray(fb, np.float64)
+        self.layers = self._layers(self.fb)
+
+    @staticmethod
+    def _layers(fb: np.ndarray):
+        layers = []
+        for parity in (0, 1):
+            w, starts = np.zeros(fb.shape[0]), []
+            for j in range(parity, fb.shape[1], 2):
+                rows = np.nonzero(fb[:, j])[0]
+                if rows.size == 0 or np.any(w[rows]) or (starts and rows[0] <= starts[-1]) or \
+                        rows[-1] - rows[0] + 1 != rows.size:
+                    return None
+                w[rows] = fb[rows, j]
+                starts.append(int(rows[0]))
+            layers.append((w, np.array(starts)))
+        return layers
+
+    def __call__(self, power: np.ndarray, out: np.ndarray) -> None:
+        if self.layers is None:
+            np.matmul(power, self.fb, out=out)
+            return
+        for parity, (w, starts) in enumerate(self.layers):
+            out[:, parity::2] = np.add.reduceat(power * w, starts, axis=1)
+
+
 def _prepared(buffers: tuple):
-    """float64 window (float32 rounding in the product shows at -100 dB) and the filterbank rows that are
-    non-zero in some band (FFT bins outside every band are skipped), cached per buffer pair."""
+    """float64 window (float32 rounding in the product shows at -100 dB) and the mel projection over the FFT
+    bins that are non-zero in some band (bins outside every band are skipped), cached per buffer pair."""
     window, fb = buffers
     key = (id(window), id(fb))
     if key not in _PREPARED:
         rows = np.nonzero(fb.any(axis=1))[0]
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         _PREPARED.clear()
-        _PREPARED[key] = (window.astype(np.float64), np.ascontiguousarray(fb[lo:hi], np.float64), lo, hi, buffers)
+        _PREPARED[key] = (window.astype(np.float64), MelProjection(fb[lo:hi]), lo, hi, buffers)
     return _PREPARED[key][:4]
 
 
@@ -113,12 +149,15 @@ def log_mel(wave: np.ndarray, pre: dict, buffers: tuple | None = None) -> np.nda
     if buffers is None:
         buffers = (hann_periodic(n_fft), mel_filterbank(pre["sample_rate"], n_fft, pre["n_mels"], pre["f_min"],
                                                         pre["f_max"]))
-    window, fb_band, lo, hi = _prepared(buffers)
-    mel = np.empty((t, pre["n_mels"]), np.float32)
+    window, project, lo, hi = _prepared(buffers)
+    mel = np.empty((t, pre["n_mels"]), np.float64)
     buf = np.empty((min(t, BLOCK), n_fft), np.float64)   # float64 FFT: exact to ~1e-9 dB; float32 is not
     for s in range(0, t, BLOCK):                       # 128-frame blocks stay in cache: about 2x faster than one pass
         e = min(s + BLOCK, t)
         np.multiply(frames[s:e], window, out=buf[: e - s])
         spec = _rfft(buf[: e - s])[:, lo:hi]
-        mel[s:e] = (np.square(spec.real) + np.square(spec.imag)) @ fb_band
-    return (10.0 * np.log10(np.maximum(mel, 1e-10))).T.astype(np.float32)
+        project(np.square(spec.real) + np.square(spec.imag), mel[s:e])
+    np.maximum(mel, 1e-10, out=mel)
+    np.log10(mel, out=mel)
+    mel *= 10.0
+    return mel.T.astype(np.float32)
