@@ -2,12 +2,15 @@
 
 Every command runs with the model's build folder as working directory and relative paths, so the same
 commands in build/<model>/atc.sh run unchanged on another host once the build folder is copied there.
+Facts: shared/reference/ascend-atc.md (options, exclusions, success line, output naming, gears).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import signal
 import stat
 import subprocess
 import time
@@ -19,6 +22,7 @@ from pipeline.errors import ConfigError, PipelineError
 V1_MODES = ("force_fp16", "force_fp32", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision",
             "allow_mix_precision_fp16", "allow_mix_precision_bf16", "allow_fp32_to_bf16")
 V2_MODES = ("fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16", "cube_hif8", "mixed_hif8")
+# documented v1 <-> v2 equivalents; v1 names without one (allow_fp32_to_fp16, allow_fp32_to_bf16) stay v1
 V1_TO_V2 = {"force_fp16": "fp16", "must_keep_origin_dtype": "origin", "allow_mix_precision": "mixed_float16",
             "allow_mix_precision_fp16": "mixed_float16", "allow_mix_precision_bf16": "mixed_bfloat16",
             "force_fp32": "cube_fp16in_fp32out"}
@@ -26,37 +30,50 @@ V2_TO_V1 = {"fp16": "force_fp16", "origin": "must_keep_origin_dtype", "mixed_flo
             "mixed_bfloat16": "allow_mix_precision_bf16", "cube_fp16in_fp32out": "force_fp32"}
 MIXED = {"allow_mix_precision", "allow_mix_precision_fp16", "allow_mix_precision_bf16", "mixed_float16",
          "mixed_bfloat16", "mixed_hif8"}
-KEEP_IGNORED = {"must_keep_origin_dtype", "origin"}
+KEEP_IGNORED = {"must_keep_origin_dtype", "origin"}          # ATC ignores --keep_dtype in these modes
+BF16 = {"allow_mix_precision_bf16", "allow_fp32_to_bf16", "mixed_bfloat16"}
+HIF8 = {"cube_hif8", "mixed_hif8"}
+BF16_SOCS = ("Ascend910B", "Ascend910_93", "Ascend310B", "Ascend950")     # A2, A3, 200I/500 A2, 950
+# flags this module derives from the config; atc.extra_args must not set them a second time
+MANAGED = {"framework": "fixed", "model": "fixed", "output": "fixed", "soc_version": "atc.soc_version / SOC=",
+           "input_format": "atc.input_format", "input_shape": "inputs + atc.batch_sizes",
+           "precision_mode": "atc.precision_mode", "precision_mode_v2": "atc.precision_mode",
+           "dynamic_batch_size": "atc.batch_mode", "dynamic_dims": "atc.dynamic_dims",
+           "dynamic_image_size": "not supported here", "input_shape_range": "not supported here",
+           "keep_dtype": "atc.keep_dtype", "op_precision_mode": "atc.op_precision_mode",
+           "modify_mixlist": "atc.modify_mixlist"}
 SUCCESS = "ATC run success"
 
 
 @dataclass
 class AtcJob:
-    argv: list[str]
-    prefix: str                      # output prefix, relative to the build folder (om/<name>_bs1)
+    argv: list[str]                  # starts with "atc"; paths relative to the build folder
+    prefix: str                      # --output prefix, relative to the build folder (om/<name>_bs1)
     batch: int | None                # None for a dynamic-batch .om
-    mode: str                        # ais_bench infer mode: static | dymbatch | dymdims
-    gears: list = field(default_factory=list)
-    side_files: dict = field(default_factory=dict)   # relative path -> content
+    mode: str                        # "static" | "dymbatch" | "dymdims" (ais_bench infer mode)
+    gears: list = field(default_factory=list)         # batch gears, or dims gears (one list per gear)
+    side_files: dict = field(default_factory=dict)    # relative path -> content
+
+
+def cann_major(cann_version: str | None) -> int | None:
+    m = re.match(r"\s*(\d+)\.", cann_version or "")
+    return int(m.group(1)) if m else None
 
 
 def supports_v2(cann_version: str | None) -> bool:
-    """--precision_mode_v2 exists from CANN 7.0 (present in the 7.0.0 docs, absent in 6.0.1)."""
-    if not cann_version:
-        return False
-    m = re.match(r"(\d+)\.", cann_version)
-    return bool(m) and int(m.group(1)) >= 7
+    """--precision_mode_v2 exists from CANN 7.0 (in the 7.0.0 docs, absent in 6.0.1); unknown -> v1 only."""
+    major = cann_major(cann_version)
+    return major is not None and major >= 7
 
 
 def precision_args(mode: str, cann_version: str | None) -> list[str]:
+    """One precision flag, never both: v2 spelling on CANN >= 7, else v1 (accepts either vocabulary)."""
     if mode not in V1_MODES + V2_MODES:
         raise ConfigError(f"atc.precision_mode '{mode}' is not an ATC precision mode; use one of "
                           f"{', '.join(V1_MODES)} (or the v2 names {', '.join(V2_MODES)})")
     if supports_v2(cann_version):
         v2 = mode if mode in V2_MODES else V1_TO_V2.get(mode)
-        if v2:
-            return [f"--precision_mode_v2={v2}"]
-        return [f"--precision_mode={mode}"]          # v1-only names (allow_fp32_to_fp16, ...)
+        return [f"--precision_mode_v2={v2}"] if v2 else [f"--precision_mode={mode}"]
     v1 = mode if mode in V1_MODES else V2_TO_V1.get(mode)
     if not v1:
         raise ConfigError(f"atc.precision_mode '{mode}' needs CANN 7.0 or newer (--precision_mode_v2); "
@@ -64,8 +81,33 @@ def precision_args(mode: str, cann_version: str | None) -> list[str]:
     return [f"--precision_mode={v1}"]
 
 
+def _check_chip(mode: str, soc: str, source: str) -> None:
+    if not soc.startswith("Ascend"):               # placeholder (SOC_VERSION): checked when the chip is known
+        return
+    if mode in BF16 and not soc.startswith(BF16_SOCS):
+        raise ConfigError(f"{source}: atc.precision_mode {mode} uses bfloat16, which {soc} lacks (only A2/A3/"
+                          "310B/950 chips); use allow_mix_precision / mixed_float16 or force_fp16")
+    if mode in HIF8 and not soc.startswith("Ascend950"):
+        raise ConfigError(f"{source}: atc.precision_mode {mode} uses hifloat8, only Ascend 950 chips have it; "
+                          "use mixed_float16 or fp16")
+
+
+def _check_gears(option: str, gears: list, soc: str, source: str) -> None:
+    limit = 256 if soc.startswith("Ascend950") else 100
+    if not 2 <= len(gears) <= limit:
+        raise ConfigError(f"{source}: ATC --{option} needs 2 to {limit} gears, the config gives {len(gears)}; "
+                          + ("add batch sizes to atc.batch_sizes or use batch_mode: per_batch"
+                             if option == "dynamic_batch_size" else "list 2 or more gears in atc.dynamic_dims "
+                             "or fix the axis with atc.fixed_dims"))
+    keys = [tuple(g) if isinstance(g, list) else g for g in gears]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{source}: --{option} gears repeat a value ({gears}); list each gear once")
+    if any(v < 1 for g in gears for v in (g if isinstance(g, list) else [g])):
+        raise ConfigError(f"{source}: --{option} gears must be positive, got {gears}")
+
+
 def input_shape(cfg: dict, batch: int | str) -> tuple[str, int]:
-    """ATC --input_shape with the ONNX input names; returns (value, number of gear dims)."""
+    """ATC --input_shape with the ONNX input names; returns (value, number of gear dims (-1) after batch)."""
     atc, parts, gear_dims = cfg["atc"], [], 0
     for t in cfg["inputs"]:
         dims = [str(batch)]
@@ -84,141 +126,205 @@ def input_shape(cfg: dict, batch: int | str) -> tuple[str, int]:
     return ";".join(parts), gear_dims
 
 
+def _side_files(cfg: dict, mode: str) -> tuple[list[str], dict]:
+    """keep_dtype / op_precision_mode / modify_mixlist -> (flags, {om/<file>: content})."""
+    atc, source = cfg["atc"], cfg["_source"]
+    flags, files = [], {}
+    if atc["keep_dtype"] and mode not in KEEP_IGNORED:
+        files["om/keep_dtype.cfg"] = "\n".join(atc["keep_dtype"]) + "\n"
+        flags.append("--keep_dtype=om/keep_dtype.cfg")
+    if atc["op_precision_mode"]:
+        files["om/op_precision.ini"] = "".join(f"{k}={v}\n" for k, v in sorted(atc["op_precision_mode"].items()))
+        flags.append("--op_precision_mode=om/op_precision.ini")
+    if atc["modify_mixlist"]:
+        for lst, ops in atc["modify_mixlist"].items():
+            if lst not in ("black-list", "white-list") or set(ops) - {"to-add", "to-remove"}:
+                raise ConfigError(f"{source}: atc.modify_mixlist takes black-list / white-list, each with to-add / "
+                                  f"to-remove lists of Ascend IR op types; got '{lst}': {sorted(ops)}")
+        files["om/modify_mixlist.json"] = json.dumps(atc["modify_mixlist"], indent=2) + "\n"
+        flags.append("--modify_mixlist=om/modify_mixlist.json")
+    return flags, files
+
+
+def _check_extra_args(extra: list[str], source: str) -> None:
+    for arg in extra:
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        if not name or not re.fullmatch(r"[a-z_0-9]+", name):
+            raise ConfigError(f"{source}: atc.extra_args entry '{arg}' is not an ATC option; write --name=value")
+        if name in MANAGED:
+            raise ConfigError(f"{source}: atc.extra_args sets --{name}, which comes from {MANAGED[name]}; "
+                              "remove it from extra_args")
+
+
 def build_atc_jobs(cfg: dict, onnx_name: str, soc: str, cann_version: str | None = None) -> list[AtcJob]:
-    atc = cfg["atc"]
+    """The ATC commands for this config: one per batch size (static or dims gears), or one dynamic-batch job.
+    `onnx_name` is relative to the build folder; `soc` may be a placeholder (SOC_VERSION) for the script."""
+    atc, source = cfg["atc"], cfg["_source"]
     mode = atc["precision_mode"]
     if atc["batch_mode"] == "dynamic_batch_size" and atc["dynamic_dims"]:
-        raise ConfigError(f"{cfg['_source']}: ATC cannot combine --dynamic_batch_size with --dynamic_dims; "
-                          "use batch_mode: per_batch with dynamic_dims gears")
+        raise ConfigError(f"{source}: ATC cannot combine --dynamic_batch_size with --dynamic_dims; "
+                          "use batch_mode: per_batch with dynamic_dims gears (one .om per batch size)")
     if atc["dynamic_dims"] and atc["input_format"] != "ND":
-        raise ConfigError(f"{cfg['_source']}: atc.dynamic_dims needs atc.input_format: ND")
+        raise ConfigError(f"{source}: atc.dynamic_dims needs atc.input_format: ND")
     if atc["modify_mixlist"] and mode not in MIXED:
-        raise ConfigError(f"{cfg['_source']}: atc.modify_mixlist only works with a mixed precision mode "
+        raise ConfigError(f"{source}: atc.modify_mixlist only works with a mixed precision mode "
                           f"(allow_mix_precision / mixed_float16), not {mode}")
     common = ["--framework=5", f"--model={onnx_name}", f"--soc_version={soc}",
               f"--input_format={atc['input_format']}", *precision_args(mode, cann_version)]
-    side = {}
-    if atc["keep_dtype"] and mode not in KEEP_IGNORED:
-        side["om/keep_dtype.cfg"] = "\n".join(atc["keep_dtype"]) + "\n"
-        common.append("--keep_dtype=om/keep_dtype.cfg")
-    if atc["op_precision_mode"]:
-        side["om/op_precision.ini"] = "".join(f"{k}={v}\n" for k, v in sorted(atc["op_precision_mode"].items()))
-        common.append("--op_precision_mode=om/op_precision.ini")
-    if atc["modify_mixlist"]:
-        import json
-
-        side["om/modify_mixlist.json"] = json.dumps(atc["modify_mixlist"], indent=2) + "\n"
-        common.append("--modify_mixlist=om/modify_mixlist.json")
+    _check_chip(mode, soc, source)
+    _check_extra_args(atc["extra_args"], source)
+    flags, side = _side_files(cfg, mode)
+    common += flags
     name = cfg["name"]
-    jobs = []
     if atc["batch_mode"] == "dynamic_batch_size":
+        _check_gears("dynamic_batch_size", atc["batch_sizes"], soc, source)
         shape, _ = input_shape(cfg, -1)
-        gears = ",".join(str(b) for b in atc["batch_sizes"])
         prefix = f"om/{name}_dynbs"
-        argv = ["atc", *common, f"--input_shape={shape}", f"--dynamic_batch_size={gears}", f"--output={prefix}",
-                *atc["extra_args"]]
+        argv = ["atc", *common, f"--input_shape={shape}",
+                "--dynamic_batch_size=" + ",".join(str(b) for b in atc["batch_sizes"]),
+                f"--output={prefix}", *atc["extra_args"]]
         return [AtcJob(argv, prefix, None, "dymbatch", list(atc["batch_sizes"]), side)]
+    if len(set(atc["batch_sizes"])) != len(atc["batch_sizes"]):
+        raise ConfigError(f"{source}: atc.batch_sizes repeats a value ({atc['batch_sizes']}); list each once")
+    jobs = []
     for b in atc["batch_sizes"]:
         shape, gear_dims = input_shape(cfg, b)
         prefix = f"om/{name}_bs{b}"
         argv = ["atc", *common, f"--input_shape={shape}"]
-        mode_name, gears = "static", []
+        job_mode, gears = "static", []
+        if atc["dynamic_dims"] and not gear_dims:
+            raise ConfigError(f"{source}: atc.dynamic_dims is set but no input axis is left dynamic (all are "
+                              "ints or in atc.fixed_dims); remove dynamic_dims or the fixed_dims entry")
         if gear_dims:
             bad = [g for g in atc["dynamic_dims"] if len(g) != gear_dims]
             if bad:
-                raise ConfigError(f"{cfg['_source']}: each atc.dynamic_dims gear needs {gear_dims} value(s), got {bad[0]}")
+                raise ConfigError(f"{source}: each atc.dynamic_dims gear needs {gear_dims} value(s), got {bad[0]}")
+            _check_gears("dynamic_dims", atc["dynamic_dims"], soc, source)
             argv.append("--dynamic_dims=" + ";".join(",".join(str(v) for v in g) for g in atc["dynamic_dims"]))
-            mode_name, gears = "dymdims", atc["dynamic_dims"]
+            job_mode, gears = "dymdims", [list(g) for g in atc["dynamic_dims"]]
         argv += [f"--output={prefix}", *atc["extra_args"]]
-        jobs.append(AtcJob(argv, prefix, b, mode_name, gears, side))
+        jobs.append(AtcJob(argv, prefix, b, job_mode, gears, side))
     return jobs
 
 
-# first chip's Name column, prefixed with Ascend (310P3 -> Ascend310P3); A3 nodes need SOC_VERSION=Ascend910_93xx
-SOC_FROM_NPU_SMI = ('$( (npu-smi info 2>/dev/null || true) | awk \'/^\\| *[0-9]+ +[0-9A-Za-z]+ +\\| *(OK|Warning|Alarm)/ '
-                    '{s=$3; if (s !~ /^Ascend/) s="Ascend" s; print s; exit}\')')
+# first chip's Name column, prefixed with Ascend (310P3 -> Ascend310P3); empty on A3 (`Ascend910` needs the
+# board query), so the script then asks for SOC_VERSION instead of compiling for the wrong chip
+SOC_FROM_NPU_SMI = ('$( (npu-smi info 2>/dev/null || true) | awk \'/^\\| *[0-9]+ +[0-9A-Za-z_-]+ +\\| *[A-Za-z]+ +\\|/ '
+                    '{s=$3; if (s == "Ascend910") exit; if (s !~ /^Ascend/) s="Ascend" s; print s; exit}\')')
 
 
 def write_atc_script(jobs: list[AtcJob], path: Path, model: str, soc: str | None) -> Path:
-    """A bash script with the same commands, run from build/<model>/ on a host with CANN."""
+    """build/<model>/atc.sh: the same commands for any host with CANN; writes the side files, then runs ATC."""
     from pipeline.atomic import write_text
 
     lines = [
         "#!/usr/bin/env bash",
-        f"# ATC commands for {model}, written by `make om`. Run on any host with the CANN toolkit:",
+        f"# ATC commands for {model}, written by `make om` from configs/{model}.yaml. Run from the repo root:",
         f"#   bash build/{model}/atc.sh        (SOC_VERSION=Ascend310P3 bash ... to choose the chip)",
+        "# Needs the CANN toolkit environment; if atc is not on PATH the first set_env.sh found is sourced:",
+        "#   source /usr/local/Ascend/ascend-toolkit/set_env.sh   # classic layout",
+        "#   source /usr/local/Ascend/cann/set_env.sh             # new layout (CANN 8.5+)",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         "if ! command -v atc >/dev/null 2>&1; then",
-        "  for f in /usr/local/Ascend/ascend-toolkit/set_env.sh /usr/local/Ascend/cann/set_env.sh; do",
-        '    if [ -f "$f" ]; then source "$f"; break; fi',
+        "  for f in /usr/local/Ascend/ascend-toolkit/set_env.sh /usr/local/Ascend/cann/set_env.sh "
+        '"$HOME/Ascend/ascend-toolkit/set_env.sh" "$HOME/Ascend/cann/set_env.sh"; do',
+        '    if [ -f "$f" ]; then set +u; source "$f"; set -u; break; fi',
         "  done",
         "fi",
         "command -v atc >/dev/null 2>&1 || { echo 'atc not found: install the CANN toolkit and source its set_env.sh' >&2; exit 1; }",
         f'SOC_VERSION="${{SOC_VERSION:-{soc}}}"' if soc else f'SOC_VERSION="${{SOC_VERSION:-{SOC_FROM_NPU_SMI}}}"',
-        '[ -n "$SOC_VERSION" ] && [ "$SOC_VERSION" != "Ascend" ] || { echo "set SOC_VERSION (npu-smi info, column Name, prefixed with Ascend)" >&2; exit 1; }',
-        "mkdir -p om",
+        '[ -n "$SOC_VERSION" ] || { echo "set SOC_VERSION (npu-smi info, column Name, prefixed with Ascend; '
+        'A3: npu-smi info -t board -i 0 -c 0 -> <Chip Name>_<NPU Name>)" >&2; exit 1; }',
+        "mkdir -p om && chmod 750 om",
     ]
     written = set()
     for job in jobs:
         for rel, content in job.side_files.items():
             if rel not in written:
-                lines += [f"cat > {shlex.quote(rel)} <<'CFG'", content.rstrip("\n"), "CFG"]
+                lines += [f"cat > {shlex.quote(rel)} <<'ATC_CFG'", content.rstrip("\n"), "ATC_CFG"]
                 written.add(rel)
     for job in jobs:
-        argv = [a if not a.startswith("--soc_version=") else "--soc_version=$SOC_VERSION" for a in job.argv]
-        quoted = [shlex.quote(a) if not a.startswith("--soc_version=") else '"--soc_version=$SOC_VERSION"'
-                  for a in argv]
-        lines.append(" \\\n  ".join(quoted))
+        quoted = ['"--soc_version=$SOC_VERSION"' if a.startswith("--soc_version=") else shlex.quote(a)
+                  for a in job.argv]
+        lines += [f"rm -f {shlex.quote(job.prefix)}.om {shlex.quote(job.prefix)}_*.om", " \\\n  ".join(quoted)]
     write_text(path, "\n".join(lines) + "\n")
     os.chmod(path, 0o755)
     return path
 
 
+def om_pattern(prefix: str) -> re.Pattern:
+    """`<prefix>.om`, or `<prefix>_<os>_<arch>.om` when ATC packs operator binaries; never `<prefix>6.om`."""
+    return re.compile(rf"^{re.escape(Path(prefix).name)}(_[a-z]+_(x86_64|aarch64))?\.om$")
+
+
 def find_om(build_dir: Path, prefix: str) -> Path:
-    """ATC appends .om, or _<os>_<arch>.om when it packs operator binaries; m_bs1 must not match m_bs16."""
     folder = build_dir / Path(prefix).parent
-    base = Path(prefix).name
-    pat = re.compile(rf"^{re.escape(base)}(_linux_[A-Za-z0-9_]+)?\.om$")
-    found = sorted(p for p in folder.glob(f"{base}*.om") if pat.match(p.name))
+    pat = om_pattern(prefix)
+    found = sorted(p for p in folder.glob(f"{Path(prefix).name}*.om") if pat.match(p.name))
     if len(found) != 1:
-        raise PipelineError(f"ATC reported success but {len(found)} file(s) match {prefix}*.om in {folder}; "
-                            "remove stale .om files and rerun `make om`")
+        names = ", ".join(p.name for p in found) or "none"
+        raise PipelineError(f"after ATC, {len(found)} file(s) match {prefix}.om / {prefix}_<os>_<arch>.om in "
+                            f"{folder} ({names}); remove stale .om files and rerun `make om`")
     return found[0]
 
 
+def _error_line(out: str, returncode: int) -> str:
+    codes = [ln.strip() for ln in out.splitlines() if re.search(r"\bE[A-Z]?\d{4,5}\b", ln)]
+    if codes:
+        return codes[-1][:240]
+    failed = [ln.strip() for ln in out.splitlines() if "ATC run failed" in ln]
+    return (failed[-1][:240] if failed and returncode != 0 else
+            f"exit code {returncode}, no '{SUCCESS}' line")
+
+
+def _run(argv: list[str], cwd: Path, timeout: int) -> tuple[int | None, str]:
+    """Run in its own process group so a timeout also stops ATC's compiler workers; None = timed out."""
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return None, out or ""
+
+
 def run_atc(jobs: list[AtcJob], build_dir: Path, log_path: Path, atc_binary: str, timeout: int) -> list[dict]:
-    """Run every job; success = exit code 0 and 'ATC run success' in the output. Returns the .om records."""
+    """Run every job from `build_dir`; success = exit code 0 and 'ATC run success' in the output. The om/ folder
+    starts without .om files (no stale matches). Returns one record per .om: batch, mode, gears, path, sha256."""
     from pipeline.atomic import write_text
     from pipeline.provenance import file_record
 
     om_dir = build_dir / "om"
     om_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(om_dir, 0o750)                         # ais_bench refuses group/other-writable folders
+    for old in om_dir.glob("*.om"):
+        old.unlink()
     for job in jobs:
-        for old in om_dir.glob(Path(job.prefix).name + "*.om"):
-            old.unlink()
         for rel, content in job.side_files.items():
             write_text(build_dir / rel, content)
     log, oms = [], []
     for job in jobs:
         argv = [atc_binary, *job.argv[1:]]
+        log.append(f"$ cd {build_dir} && {shlex.join(argv)}")
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(argv, cwd=build_dir, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            write_text(log_path, "\n".join(log) + f"\n$ {shlex.join(argv)}\nTIMEOUT after {timeout} s\n")
-            raise PipelineError(f"ATC did not finish within {timeout} s for {job.prefix}; raise atc.timeout_s or "
-                                f"check {log_path}") from None
-        out = proc.stdout + proc.stderr
-        log += [f"$ {shlex.join(argv)}", out, f"exit code {proc.returncode}, {time.perf_counter() - t0:.1f} s"]
+            code, out = _run(argv, build_dir, timeout)
+        except OSError as exc:
+            write_text(log_path, "\n".join(log) + f"\n{exc}\n")
+            raise PipelineError(f"cannot run {atc_binary}: {exc.strerror or exc}; source the CANN set_env.sh "
+                                "so that atc is on PATH (`make doctor` shows what is installed)") from None
+        log += [out, f"exit code {code}, {time.perf_counter() - t0:.1f} s"]
         write_text(log_path, "\n".join(log) + "\n")
-        if proc.returncode != 0 or SUCCESS not in out:
-            codes = [l.strip() for l in out.splitlines() if re.search(r"\bE[A-Z]?\d{4,5}\b", l)]
-            detail = codes[-1][:200] if codes else f"exit code {proc.returncode}, no '{SUCCESS}' line"
-            raise PipelineError(f"ATC failed for {job.prefix}: {detail}; see {log_path} "
+        if code is None:
+            raise PipelineError(f"ATC did not finish within {timeout} s for {job.prefix}; raise atc.timeout_s or "
+                                f"check {log_path}")
+        if code != 0 or SUCCESS not in out:
+            raise PipelineError(f"ATC failed for {job.prefix}: {_error_line(out, code)}; see {log_path} "
                                 "(pre-flight: `make preflight`; more detail: add --log=error to atc.extra_args)")
         om = find_om(build_dir, job.prefix)
-        os.chmod(om, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP)   # 0640
+        os.chmod(om, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP)   # 0640, what ais_bench accepts
         oms.append({"batch": job.batch, "mode": job.mode, "gears": job.gears, **file_record(om)})
     return oms
