@@ -1,4 +1,9 @@
-"""Pre-flight: will ATC accept this ONNX? Offline checks, no CANN needed (`make preflight`, first step of `make om`)."""
+"""Pre-flight: will ATC accept this ONNX? Offline checks, no CANN needed (`make preflight`, first step of `make om`).
+
+Checks: opset range, every node's op type against ATC's ONNX parser map (including If subgraphs), custom
+domains, the ATC commands the config yields (shapes, gears, precision options), config inputs vs graph inputs,
+int64 compute (AI CPU fallback) and keep_dtype node names.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +14,10 @@ from pathlib import Path
 from pipeline import provenance
 from pipeline.atomic import write_json
 from pipeline.config import load_config
-from pipeline.errors import PipelineError, cli
+from pipeline.errors import ConfigError, PipelineError, cli
 from pipeline.paths import ModelPaths
 
-# Absent from ATC's ONNX parser map (shared/reference/ascend-atc.md section 5)
+# Absent from ATC's ONNX parser map (shared/reference/ascend-atc.md section 5), with the usual way around
 UNSUPPORTED = {
     "STFT": "compute the spectrogram on the host (NumPy) and feed it to the model",
     "DFT": "compute it on the host, or as a Conv1D with a fixed DFT basis",
@@ -24,26 +29,69 @@ UNSUPPORTED = {
     "GroupNormalization": "export with opset < 18 so it decomposes, or use InstanceNormalization + Mul/Add",
     "RNN": "use GRU/LSTM or unroll", "QuantizeLinear": "quantise with AMCT instead of QDQ nodes",
     "DequantizeLinear": "quantise with AMCT instead of QDQ nodes",
+    "DynamicQuantizeLinear": "quantise with AMCT instead of QDQ nodes",
+    "QLinearConv": "use float Conv (quantise with AMCT)", "QLinearMatMul": "use float MatMul (quantise with AMCT)",
     "ConvInteger": "use float Conv (quantise with AMCT)", "MatMulInteger": "use float MatMul (quantise with AMCT)",
 }
-# Standard ops ATC parses (subset of the msit parser map, indicative); others get a warning, not an error
-KNOWN = set("""Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil
-Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace Div Dropout Einsum Elu Equal
-Erf Exp Expand Flatten Floor GRU Gather GatherElements GatherND Gemm GlobalAveragePool GlobalMaxPool Greater
-GreaterOrEqual GridSample HardSigmoid HardSwish Identity If InstanceNormalization LRN LSTM LayerNormalization
-LeakyRelu Less LessOrEqual Log LogSoftmax MatMul Max MaxPool Mean Min Mod Mul Neg NonMaxSuppression NonZero Not
-OneHot Or PRelu Pad Pow RandomUniform Range Reciprocal ReduceL2 ReduceLogSumExp ReduceMax ReduceMean ReduceMin
-ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize RoiAlign Round ScatterElements ScatterND Selu Shape Sigmoid
-Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh Tile TopK
-Transpose Trilu Unsqueeze Where Xor""".split())
+# Standard ONNX ops in ATC's parser map (msit analyze map_conf/onnx.yaml, keys ai.onnx::<opset>::<Op>; CANN
+# version of that map unknown, so indicative): registered for every opset 11..18 ...
+PARSER_OPS = set("""Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization BitShift
+Cast Ceil Celu Clip Compress Concat ConcatFromSequence ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace
+Det Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor GRU Gather GatherElements GatherND Gemm
+GlobalAveragePool GlobalLpPool GlobalMaxPool Greater HardSigmoid Hardmax Identity If InstanceNormalization IsInf IsNaN
+LRN LSTM LeakyRelu Less LessOrEqual Log LogSoftmax LpNormalization LpPool MatMul Max MaxPool MaxRoiPool MaxUnpool Mean
+MeanVarianceNormalization Min Mod Mul Multinomial Neg NonMaxSuppression NonZero Not OneHot Or PRelu Pad Pow
+RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum
+ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize
+ReverseSequence RoiAlign Round ScatterElements ScatterND Selu SequenceAt SequenceConstruct SequenceEmpty SequenceErase
+SequenceInsert SequenceLength Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth
+Split SplitToSequence Sqrt Squeeze Sub Sum Tan Tanh TfIdfVectorizer ThresholdedRelu Tile TopK Transpose Unsqueeze
+Where Xor""".split())
+# ... and only for these opsets (first, last)
+PARSER_OPS_RANGE = {
+    "AffineGrid": (11, 16), "Scatter": (11, 11), "Upsample": (11, 16), "GreaterOrEqual": (12, 18),
+    "SoftmaxCrossEntropyLoss": (12, 18), "HardSwish": (14, 18), "Trilu": (14, 18), "Bernoulli": (15, 18),
+    "CastLike": (15, 18), "GridSample": (16, 18), "LayerNormalization": (17, 18), "BitwiseAnd": (18, 18),
+    "BitwiseNot": (18, 18), "BitwiseOr": (18, 18), "BitwiseXor": (18, 18), "Mish": (18, 18),
+}
+PARSER_BUILTIN = {"Constant"}                 # turned into weights by the parser itself
 COMPUTE_OPS = {"Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "Pow", "Mod", "ReduceSum", "ReduceMean", "CumSum"}
+CHECKS = ["opset 11-18", "ops in ATC's ONNX parser map (If subgraphs too)", "custom domains",
+          "ATC commands from the config (shapes, gears, precision options)", "config inputs vs graph inputs",
+          "int64 compute (AI CPU)", "keep_dtype node names exist"]
 
 
 def finding(level: str, code: str, message: str, fix: str) -> dict:
     return {"level": level, "code": code, "message": message, "fix": fix}
 
 
+def parser_knows(op: str, opset: int) -> bool:
+    if op in PARSER_OPS or op in PARSER_BUILTIN:
+        return True
+    lo, hi = PARSER_OPS_RANGE.get(op, (0, -1))
+    return lo <= opset <= hi
+
+
+def all_nodes(graph):
+    """Nodes of the graph and of every subgraph (If branches), depth first."""
+    import onnx
+
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from all_nodes(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from all_nodes(g)
+
+
+def _config_input(cfg: dict, name: str) -> dict | None:
+    return next((t for t in cfg["inputs"] if t["name"] == name), None)
+
+
 def check_model(model, cfg: dict) -> list[dict]:
+    """Graph-level findings (list of {level, code, message, fix}); no files, no CANN."""
     import onnx
 
     out = []
@@ -54,29 +102,38 @@ def check_model(model, cfg: dict) -> list[dict]:
     elif opset > 13:
         out.append(finding("warning", "opset", f"opset {opset} needs CANN 7.0 or newer (CANN 6.x reads 9-13)",
                            "on CANN 6.x export with export.opset: 13"))
-    counts = Counter(n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx"))
+    nodes = list(all_nodes(model.graph))
+    counts = Counter(n.op_type for n in nodes if n.domain in ("", "ai.onnx"))
     for op, n in sorted(counts.items()):
         if op in UNSUPPORTED:
             out.append(finding("error", "unsupported_op", f"{n} {op} node(s): ATC has no ONNX parser for {op}",
                                UNSUPPORTED[op]))
-        elif op not in KNOWN:
-            out.append(finding("warning", "unknown_op", f"{n} {op} node(s): not in the ATC parser map this tool knows",
-                               "check the CANN 'Supported ONNX Operators' list, or run `atc --mode=3` on the host"))
-    for n in model.graph.node:
+        elif opset is not None and not parser_knows(op, opset):
+            out.append(finding("error", "unsupported_op", f"{n} {op} node(s): not in ATC's ONNX parser map for "
+                               f"opset {opset} (ATC would stop with E19010 'No parser is registered')",
+                               "replace the op at export or change export.opset; a newer CANN may parse it: "
+                               "check with `atc --mode=3` on a CANN host"))
+    for n in nodes:
         if n.domain not in ("", "ai.onnx"):
             out.append(finding("error", "custom_domain", f"node {n.name} ({n.domain}::{n.op_type}) is a custom op",
                                "re-export without custom ops or register a custom ATC plugin"))
     atc = cfg["atc"]
     for inp in model.graph.input:
-        dims = inp.type.tensor_type.shape.dim
-        for i, d in enumerate(dims):
+        conf = _config_input(cfg, inp.name)
+        for i, d in enumerate(inp.type.tensor_type.shape.dim):
             if i == 0 or d.dim_value:
                 continue
             name = d.dim_param or f"dim{i}"
-            if name not in atc["fixed_dims"] and not atc["dynamic_dims"]:
-                out.append(finding("error", "dynamic_dim", f"input {inp.name} axis {i} ('{name}') is dynamic and "
-                                   "ATC needs static shapes or gears",
-                                   f"add atc.fixed_dims: {{{name}: <size>}} or atc.dynamic_dims gears"))
+            if conf and i < len(conf["shape"]):            # the config says what ATC gets for this axis
+                axis = conf["shape"][i]
+                if isinstance(axis, int) or axis in atc["fixed_dims"] or atc["dynamic_dims"]:
+                    continue
+                name = axis
+            elif name in atc["fixed_dims"] or atc["dynamic_dims"]:
+                continue
+            out.append(finding("error", "dynamic_dim", f"input {inp.name} axis {i} ('{name}') is dynamic and "
+                               "ATC needs static shapes or gears",
+                               f"add atc.fixed_dims: {{{name}: <size>}} or atc.dynamic_dims gears"))
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
         types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
@@ -88,7 +145,7 @@ def check_model(model, cfg: dict) -> list[dict]:
         out.append(finding("warning", "int64_compute", f"{len(int64_nodes)} node(s) compute in int64 (e.g. "
                            f"{', '.join(int64_nodes[:3])}): AI Core takes no int64, these run on the slow AI CPU",
                            "cast to int32 in the model, or fold the shape arithmetic (onnxsim with fixed shapes)"))
-    names = {n.name for n in model.graph.node}
+    names = {n.name for n in nodes}
     for entry in atc["keep_dtype"]:
         if entry.startswith("OpType::"):
             continue
@@ -98,22 +155,64 @@ def check_model(model, cfg: dict) -> list[dict]:
     return out
 
 
-def run_preflight(onnx_path: Path, cfg: dict) -> dict:
+def check_config(model, cfg: dict, onnx_name: str = "model.sim.onnx", soc: str | None = None) -> list[dict]:
+    """The ATC commands this config yields, and the config inputs against the graph inputs."""
+    from .atc import build_atc_jobs
+
+    out = []
+    try:
+        build_atc_jobs(cfg, onnx_name, soc or cfg["atc"]["soc_version"] or "SOC_VERSION")
+    except ConfigError as exc:
+        out.append(finding("error", "atc_config", " ".join(str(exc).split()), "fix the atc section of the config"))
+    inits = {i.name for i in model.graph.initializer}
+    graph = {i.name: i for i in model.graph.input if i.name not in inits}
+    for t in cfg["inputs"]:
+        inp = graph.get(t["name"])
+        if inp is None:
+            out.append(finding("error", "input_name", f"config input '{t['name']}' is not an input of the ONNX "
+                               f"(inputs: {', '.join(graph) or 'none'})",
+                               "ATC --input_shape uses the ONNX input names: make inputs[].name match the export"))
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if len(dims) != len(t["shape"]):
+            out.append(finding("error", "input_rank", f"input {t['name']} has rank {len(dims)} in the ONNX, "
+                               f"{len(t['shape'])} in the config", "make inputs[].shape match the exported model"))
+            continue
+        for i, (d, want) in enumerate(zip(dims, t["shape"])):
+            if not d.dim_value:
+                continue
+            sizes = ([want] if isinstance(want, int) else list(cfg["atc"]["batch_sizes"]) if i == 0
+                     else [cfg["atc"]["fixed_dims"][want]] if want in cfg["atc"]["fixed_dims"] else [])
+            bad = [s for s in sizes if s != d.dim_value]
+            if bad:
+                out.append(finding("error", "fixed_dim", f"input {t['name']} axis {i} is fixed to {d.dim_value} in "
+                                   f"the ONNX but ATC would get {bad[0]}",
+                                   "export with that axis dynamic, or match the config to the exported size"))
+    for name in graph:
+        if _config_input(cfg, name) is None:
+            out.append(finding("error", "input_name", f"ONNX input '{name}' is missing from the config inputs",
+                               "list every model input under inputs: (in graph order)"))
+    return out
+
+
+def run_preflight(onnx_path: Path, cfg: dict, soc: str | None = None) -> dict:
+    """The report for one ONNX file: verdict PASSED/FAILED, counts, findings, the checks run."""
     import onnx
 
     if not Path(onnx_path).exists():
         raise PipelineError(f"{onnx_path} is missing; run `make export MODEL={cfg['name']}` first")
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    findings = check_model(model, cfg)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # protobuf decode errors have many types
+        raise PipelineError(f"{onnx_path} is not a readable ONNX file ({type(exc).__name__}); rerun `make export`") from None
+    findings = check_model(model, cfg) + check_config(model, cfg, Path(onnx_path).name, soc)
     errors = [f for f in findings if f["level"] == "error"]
     return {"onnx": provenance.file_record(onnx_path), "verdict": "FAILED" if errors else "PASSED",
-            "errors": len(errors), "warnings": len(findings) - len(errors), "findings": findings,
-            "checks": ["opset 11-18", "ops in ATC's ONNX parser map", "custom domains",
-                       "dynamic non-batch dims need fixed_dims or gears", "int64 compute (AI CPU)",
-                       "keep_dtype node names exist"]}
+            "errors": len(errors), "warnings": len(findings) - len(errors), "findings": findings, "checks": CHECKS}
 
 
 def report_lines(report: dict, model: str) -> list[str]:
+    """One `ERROR | ...` / `WARNING | ...` line per finding (with the fix), then the verdict line."""
     lines = [f"{f['level'].upper()} | {f['message']}; fix: {f['fix']}" for f in report["findings"]]
     lines.append(f"{report['verdict']} | preflight {model}: {report['errors']} error(s), {report['warnings']} "
                  f"warning(s) for ATC")
@@ -122,13 +221,14 @@ def report_lines(report: dict, model: str) -> list[str]:
 
 @cli
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m convert.preflight", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m convert.preflight", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--onnx", default="", help="check another ONNX file (default: build/<model>/model.sim.onnx)")
+    ap.add_argument("--soc", default="", help="target --soc_version for the chip-specific checks")
     args = ap.parse_args(argv)
     cfg = load_config(args.model)
     paths = ModelPaths(cfg["name"])
-    report = run_preflight(Path(args.onnx) if args.onnx else paths.onnx_sim, cfg)
+    report = run_preflight(Path(args.onnx) if args.onnx else paths.onnx_sim, cfg, args.soc or None)
     for line in report_lines(report, cfg["name"]):
         print(line)
     result = provenance.header("preflight", cfg)
