@@ -1,33 +1,40 @@
 """What Ascend software this host has: CANN toolkit, atc, npu-smi chips and soc_version, ais_bench, torch_npu.
 
-Parsers are pure functions over text (tested on real npu-smi outputs); probes run commands as argument
-lists with timeouts.
+Parsers are pure functions over text (tested on captured npu-smi outputs, tests/data/npu_smi/); probes run
+commands as argument lists with timeouts and never import torch.
 """
 from __future__ import annotations
 
-import importlib
+import glob
 import importlib.metadata as md
+import importlib.util
+import inspect
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+# set_env.sh of the toolkit, most common first; `~` is the non-root install prefix
 SET_ENV_CANDIDATES = (
-    "/usr/local/Ascend/ascend-toolkit/set_env.sh",     # classic layout
+    "/usr/local/Ascend/ascend-toolkit/set_env.sh",     # classic layout (toolkit <= 8.3)
     "/usr/local/Ascend/cann/set_env.sh",               # new layout (CANN 8.5+)
+    "/usr/local/Ascend/cann-*/set_env.sh",             # new layout, versioned folder
     "~/Ascend/ascend-toolkit/set_env.sh",
     "~/Ascend/cann/set_env.sh",
+    "~/Ascend/cann-*/set_env.sh",
 )
-INSTALL_CANN = ("install the CANN toolkit (Ascend-cann-toolkit_<version>_linux-<arch>.run --install, from "
-                "hiascend.com) and run `source /usr/local/Ascend/ascend-toolkit/set_env.sh` "
-                "(new layout: /usr/local/Ascend/cann/set_env.sh)")
+INSTALL_CANN = ("install the CANN toolkit (Ascend-cann-toolkit_<version>_linux-<arch>.run from "
+                "https://www.hiascend.com/developer/download, `bash <file>.run --install`), then "
+                "`source /usr/local/Ascend/ascend-toolkit/set_env.sh` (CANN 8.5+: /usr/local/Ascend/cann/set_env.sh)")
 INSTALL_AIS_BENCH = (
     "pip3 install -v 'git+https://gitee.com/ascend/tools.git#egg=aclruntime&subdirectory=ais-bench_workload/tool/ais_bench/backend' "
     "&& pip3 install -v 'git+https://gitee.com/ascend/tools.git#egg=ais_bench&subdirectory=ais-bench_workload/tool/ais_bench'")
+_VERSION = r"\d+\.\d+(?:\.[0-9A-Za-z]+)*(?:-[0-9A-Za-z.]+)?"      # 8.0.RC3, 8.0.0, 8.0.T6, 9.2.0-beta.2
 
 
 def run(argv: list[str], timeout: float = 20) -> tuple[int, str]:
+    """Run a command (argument list, no shell); (exit code, stdout+stderr); -1 when it cannot run."""
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -36,32 +43,63 @@ def run(argv: list[str], timeout: float = 20) -> tuple[int, str]:
 
 
 # ---- CANN toolkit ------------------------------------------------------------------------------------
+def find_set_env() -> str | None:
+    for pattern in SET_ENV_CANDIDATES:
+        for p in sorted(glob.glob(str(Path(pattern).expanduser())), reverse=True):   # newest cann-x.y first
+            if Path(p).is_file():
+                return str(Path(p))
+    return None
+
+
 def find_toolkit(env: dict | None = None) -> dict:
-    """Toolkit home and set_env.sh, from ASCEND_TOOLKIT_HOME / ASCEND_HOME_PATH or the standard places."""
+    """Toolkit home, set_env.sh and CANN version. ASCEND_TOOLKIT_HOME / ASCEND_HOME_PATH (exported by
+    set_env.sh) win; else the standard install places (`<dir>/latest` in the classic layout)."""
     env = os.environ if env is None else env
     home = env.get("ASCEND_TOOLKIT_HOME") or env.get("ASCEND_HOME_PATH")
-    set_env = next((str(Path(p).expanduser()) for p in SET_ENV_CANDIDATES if Path(p).expanduser().is_file()), None)
+    set_env = find_set_env()
     if not home and set_env:
         base = Path(set_env).parent
-        home = str(base / "latest") if (base / "latest").exists() else str(base)
+        home = str(base / "latest") if (base / "latest").is_dir() else str(base)
     return {"home": home, "set_env": set_env, "version": cann_version(home) if home else None}
 
 
+def parse_install_info(text: str) -> str | None:
+    """`<arch>-linux/ascend_toolkit_install.info` (lines key=value): the `version=` value, e.g. 8.0.RC3."""
+    m = re.search(rf"^\s*version\s*=\s*({_VERSION})\s*$", text, re.M)
+    return m.group(1) if m else None
+
+
+def parse_version_cfg(text: str) -> str | None:
+    """`<toolkit>/version.cfg`: `toolkit_running_version=[7.3.0.1.231:8.0.RC2]`; the CANN version is after the
+    colon (before it is an internal build number). Any other *_running_version is the fallback."""
+    for key in ("toolkit_running_version", "toolkit_installed_version", r"\w+_running_version"):
+        m = re.search(rf"^\s*{key}\s*=\s*\[[^:\]]*:({_VERSION})\]", text, re.M)
+        if m:
+            return m.group(1)
+    return None
+
+
 def cann_version(home: str) -> str | None:
-    """Read the version from the toolkit's version files (names differ across releases)."""
+    """CANN version of a toolkit folder: install.info, then version.cfg, then the folder name (cann-8.5.0)."""
     root = Path(home)
-    for cand in [root / "version.cfg", *root.glob("*/ascend_toolkit_install.info"),
-                 root / "ascend_toolkit_install.info", *root.glob("*/version.info"), root / "version.info"]:
-        if cand.is_file():
-            text = cand.read_text(errors="replace")
-            m = re.search(r"(?:^|\n)\s*(?:version|Version|toolkit_installed_version)\s*[=:]\s*\[?([0-9][\w.\-]*)", text)
-            if m:
-                return m.group(1)
-    m = re.search(r"(\d+\.\d+\.(?:RC)?\d*\w*)", str(root.resolve()) if root.exists() else str(root))
+    for info in sorted(root.glob("*-linux/ascend_toolkit_install.info")) + [root / "ascend_toolkit_install.info"]:
+        if info.is_file():
+            v = parse_install_info(info.read_text(errors="replace"))
+            if v:
+                return v
+    cfg = root / "version.cfg"
+    if cfg.is_file():
+        v = parse_version_cfg(cfg.read_text(errors="replace"))
+        if v:
+            return v
+    path = str(root.resolve()) if root.exists() else str(root)
+    m = re.search(rf"(?:ascend-toolkit|cann)[-/]({_VERSION})(?:/|$)", path)
     return m.group(1) if m else None
 
 
 def find_atc(toolkit: dict | None = None) -> dict:
+    """atc on PATH, else inside the toolkit. atc has no --version option: its version is the CANN version of
+    the toolkit it belongs to (found by walking up from the binary)."""
     path = shutil.which("atc")
     if not path and toolkit and toolkit.get("home"):
         for rel in ("bin/atc", "compiler/bin/atc", "atc/bin/atc"):
@@ -69,109 +107,179 @@ def find_atc(toolkit: dict | None = None) -> dict:
                 path = str(Path(toolkit["home"]) / rel)
                 break
     if not path:
-        return {"path": None, "version": None}
-    rc, out = run([path, "--help"], timeout=60)
-    m = re.search(r"(?i)version[^\n]*?(\d+\.\d+[\w.]*)", out)
-    return {"path": path, "version": m.group(1) if m else None}
+        return {"path": None, "version": None, "on_path": False}
+    version = None
+    for parent in list(Path(path).resolve().parents)[:4]:
+        version = cann_version(str(parent))
+        if version:
+            break
+    return {"path": path, "version": version, "on_path": shutil.which("atc") is not None}
 
 
 # ---- npu-smi -----------------------------------------------------------------------------------------
+_BUS = re.compile(r"^[0-9A-Fa-f]{4}:")
+_HEALTH = re.compile(r"^[A-Za-z][A-Za-z ]*$")       # OK, Warning, Alarm, Critical, ...
+
+
 def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
+def _number(token: str):
+    try:
+        return float(token)
+    except ValueError:
+        return None
+
+
 def parse_npu_smi_info(text: str) -> dict:
-    """`npu-smi info` table -> {"version", "chips": [{npu, chip, name, health, bus_id, memory/hbm used, total}]}."""
-    version = None
-    m = re.search(r"npu-smi\s+(\S+)", text)
-    if m:
-        version = m.group(1)
+    """`npu-smi info` table -> {"version" (npu-smi), "driver_version", "chips": [...]}.
+
+    Each chip: npu, chip, device (or Phy-ID; None on 910B tables), name, health, bus_id, power_w, temp_c,
+    aicore_percent, ddr_used_mb/ddr_total_mb (Memory-Usage), hbm_used_mb/hbm_total_mb (HBM-Usage, A2/A3), and
+    memory_used_mb/memory_total_mb = the model memory: HBM where the card has it, else Memory-Usage.
+    The process table that follows the chip table is ignored.
+    """
+    m = re.search(r"npu-smi\s+(\d\S*)", text)
+    d = re.search(r"Version:\s*(\d\S*)", text)
+    has_hbm = "HBM-Usage" in text
     chips, pending = [], None
     for line in text.splitlines():
-        if not line.startswith("|") or "=" in line[:3] or "NPU " in line and "Name" in line or "Bus-Id" in line:
+        s = line.strip()
+        if not s.startswith("|"):
             continue
-        cells = _cells(line)
+        if "Process id" in s or "Process name" in s or "No running processes" in s:
+            break
+        cells = _cells(s)
         if len(cells) < 3:
             continue
         first = cells[0].split()
-        is_chip_row = bool(re.match(r"^([0-9A-Fa-f]{4}:|NA$)", cells[1]))
-        if len(first) == 2 and first[0].isdigit() and not is_chip_row:
-            pending = {"npu": int(first[0]), "name": first[1], "health": cells[1]}
-            continue
-        if pending and first and first[0].isdigit():
-            chip = {**pending, "chip": int(first[0]), "bus_id": cells[1]}
-            usage = re.findall(r"(\d+)\s*/\s*(\d+)", cells[2])
-            if usage:                              # last pair is HBM where present, else memory
-                used, total = usage[-1]
-                chip["memory_used_mb"], chip["memory_total_mb"] = int(used), int(total)
+        if not first or not first[0].isdigit():
+            continue                                       # headers, banners
+        if _BUS.match(cells[1]) or (pending and cells[1] == "NA"):
+            if pending is None:
+                continue
+            chip = {**pending, "chip": int(first[0]),
+                    "device": int(first[1]) if len(first) > 1 and first[1].isdigit() else None,
+                    "bus_id": cells[1]}
+            tokens = cells[2].split()
+            chip["aicore_percent"] = _number(tokens[0]) if tokens else None
+            pairs = [(int(a), int(b)) for a, b in re.findall(r"(\d+)\s*/\s*(\d+)", cells[2])]
+            ddr = pairs[0] if pairs else None
+            hbm = pairs[1] if has_hbm and len(pairs) > 1 else None
+            if ddr:
+                chip["ddr_used_mb"], chip["ddr_total_mb"] = ddr
+            if hbm:
+                chip["hbm_used_mb"], chip["hbm_total_mb"] = hbm
+            main = hbm or ddr
+            if main:
+                chip["memory_used_mb"], chip["memory_total_mb"] = main
             chips.append(chip)
             pending = None
-    return {"version": version, "chips": chips}
+        elif len(first) >= 2 and _HEALTH.match(cells[1]):
+            tokens = cells[2].split()
+            pending = {"npu": int(first[0]), "name": " ".join(first[1:]), "health": cells[1],
+                       "power_w": _number(tokens[0]) if tokens else None,
+                       "temp_c": _number(tokens[1]) if len(tokens) > 1 else None}
+    return {"version": m.group(1) if m else None, "driver_version": d.group(1) if d else None, "chips": chips}
 
 
 def parse_board_info(text: str) -> dict:
-    """`npu-smi info -t board -i N -c M` key : value lines -> dict."""
+    """`npu-smi info -t board -i N [-c M]` `key : value` lines -> dict."""
     out = {}
     for line in text.splitlines():
         if ":" in line:
             k, v = line.split(":", 1)
-            out[k.strip()] = v.strip()
+            if k.strip():
+                out[k.strip()] = v.strip()
     return out
 
 
+def _bare(name: str) -> str:
+    return name.replace(" ", "").removeprefix("Ascend")
+
+
+def needs_board_query(name: str) -> bool:
+    """A3 nodes list every chip as `Ascend910`; 950 needs the board query too (ascend-atc.md section 4)."""
+    return name.replace(" ", "") == "Ascend910" or _bare(name).startswith("950")
+
+
 def soc_from_name(name: str, board: dict | None = None) -> str | None:
-    """The --soc_version a chip implies: Ascend + Name (310P3 -> Ascend310P3); A3 nodes name their chips
-    `Ascend910` and need the board query: <Chip Name>_<NPU Name> (Ascend910_9391)."""
+    """The --soc_version a chip implies. Name column + `Ascend` (310P3 -> Ascend310P3, 910B4-1 ->
+    Ascend910B4-1); with a board query: A3 `<Chip Name>_<NPU Name>` (Ascend910_9391), A2 `Ascend<Chip Name>`.
+    None when only the board query could tell (A3/950 without it)."""
+    def ascend(n: str) -> str:
+        n = n.replace(" ", "")
+        return n if n.startswith("Ascend") else f"Ascend{n}"
+
     if board and board.get("Chip Name") and board.get("NPU Name"):
-        return f"{board['Chip Name']}_{board['NPU Name']}"
-    if name == "Ascend910":            # A3: ambiguous without the board query
+        return f"{ascend(board['Chip Name'])}_{board['NPU Name']}"
+    if board and board.get("Chip Name") and not needs_board_query(board["Chip Name"]):
+        return ascend(board["Chip Name"])
+    if not name or needs_board_query(name):
         return None
-    return name if name.startswith("Ascend") else f"Ascend{name}"
+    return ascend(name)
 
 
-def probe_npus() -> dict:
-    smi = shutil.which("npu-smi")
+def probe_npus(smi: str | None = None) -> dict:
+    """Chips from `npu-smi info`, and the --soc_version of the first one (board query on A3/950)."""
+    smi = smi or shutil.which("npu-smi")
     if not smi:
-        return {"npu_smi": None, "chips": [], "soc_version": None}
+        return {"npu_smi": None, "npu_smi_version": None, "driver_version": None, "chips": [],
+                "soc_version": None, "error": None}
     rc, out = run([smi, "info"])
-    info = parse_npu_smi_info(out) if rc == 0 else {"version": None, "chips": []}
-    soc = None
+    info = parse_npu_smi_info(out) if rc == 0 else {"version": None, "driver_version": None, "chips": []}
+    soc, board = None, None
     if info["chips"]:
         c = info["chips"][0]
-        board = None
-        if c["name"] == "Ascend910":
-            rc_b, out_b = run([smi, "info", "-t", "board", "-i", str(c["npu"]), "-c", str(c["chip"])])
+        if needs_board_query(c["name"]):
+            argv = [smi, "info", "-t", "board", "-i", str(c["npu"])]
+            if not _bare(c["name"]).startswith("950"):          # 950: per NPU, no -c (unverified)
+                argv += ["-c", str(c["chip"])]
+            rc_b, out_b = run(argv)
             board = parse_board_info(out_b) if rc_b == 0 else None
         soc = soc_from_name(c["name"], board)
-    return {"npu_smi": smi, "npu_smi_version": info["version"], "chips": info["chips"], "soc_version": soc,
+    return {"npu_smi": smi, "npu_smi_version": info["version"], "driver_version": info["driver_version"],
+            "chips": info["chips"], "soc_version": soc, "board": board,
             "error": None if rc == 0 else out.strip()[:200]}
 
 
 # ---- Python packages ---------------------------------------------------------------------------------
-def ais_bench_flavour() -> dict:
-    """Whether ais_bench/aclruntime import, and which API flavour (summary vs sumary, free_resource)."""
-    out = {"ais_bench": None, "aclruntime": None, "importable": False}
-    for name in ("ais_bench", "aclruntime"):
+def _dist_version(*names: str) -> str | None:
+    for n in names:
         try:
-            out[name] = md.version(name)
+            return md.version(n)
         except md.PackageNotFoundError:
-            pass
+            continue
+    return None
+
+
+def ais_bench_flavour() -> dict:
+    """Whether ais_bench/aclruntime import, and which API flavour: 2023 (sumary() only, instance finalize),
+    2024 (summary(), free_resource, static finalize), 2025 (2024 + interface_check: list-only feeds)."""
+    out = {"ais_bench": _dist_version("ais_bench", "ais-bench"), "aclruntime": _dist_version("aclruntime"),
+           "importable": False, "flavour": None}
     try:
-        from ais_bench.infer.interface import InferSession  # noqa: F401
-    except Exception as exc:  # missing package, or CANN libraries not loadable
-        out["import_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else type(exc).__name__
+        from ais_bench.infer.interface import InferSession
+    except Exception as exc:  # missing package, or the CANN runtime libraries not loadable
+        msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        out["import_error"] = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
         return out
     out["importable"] = True
     out["has_summary"] = hasattr(InferSession, "summary")
     out["has_sumary_only"] = not out["has_summary"] and hasattr(InferSession, "sumary")
     out["has_free_resource"] = hasattr(InferSession, "free_resource")
-    out["flavour"] = "2024+" if out["has_summary"] else "2023"
+    out["has_reset_summaryinfo"] = hasattr(InferSession, "reset_summaryinfo")
+    fin = inspect.getattr_static(InferSession, "finalize", None)
+    out["finalize"] = None if fin is None else ("static" if isinstance(fin, staticmethod) else "instance")
+    try:
+        checks = importlib.util.find_spec("ais_bench.infer.interface_check") is not None
+    except (ImportError, ValueError):
+        checks = False
+    out["flavour"] = "2023" if not out["has_summary"] else ("2025" if checks else "2024")
     return out
 
 
 def torch_npu_info() -> dict:
-    try:
-        mod = importlib.import_module("torch_npu")
-        return {"version": getattr(mod, "__version__", None)}
-    except Exception:  # absent, or present without the NPU driver
-        return {"version": None}
+    """torch_npu from package metadata only (importing it would import torch, which a host need not have)."""
+    return {"version": _dist_version("torch_npu", "torch-npu")}

@@ -1,7 +1,12 @@
-"""make doctor: report the Ascend software on this host and how to install what is missing."""
+"""make doctor: report the Ascend software on this host and how to install what is missing.
+
+Always exits 0 (it is a report). Writes results/env_info.json (provenance header first).
+"""
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 from . import ascend_env as ae
 from . import provenance
@@ -9,8 +14,7 @@ from .atomic import write_json
 from .errors import cli
 from .paths import ROOT
 
-import os
-from pathlib import Path
+NO_ASCEND = "no NPU/CANN here: the pipeline will use the CPU targets"
 
 
 def collect() -> dict:
@@ -20,48 +24,77 @@ def collect() -> dict:
 
 
 def missing_lines(env: dict) -> list[str]:
+    """One `MISSING | <what>: <command that installs or enables it>` line per missing piece."""
+    tk, atc, npu, ais = env["toolkit"], env["atc"], env["npu"], env["ais_bench"]
     lines = []
-    if not env["toolkit"]["set_env"] and not env["toolkit"]["home"]:
-        lines.append(f"MISSING | CANN toolkit: {ae.INSTALL_CANN}")
-    if not env["atc"]["path"]:
-        lines.append("MISSING | atc (needed for BACKEND=om): comes with the CANN toolkit; after installing, "
-                     "`source .../set_env.sh` so that atc is on PATH")
-    if not env["npu"]["npu_smi"]:
-        lines.append("MISSING | npu-smi / NPU driver: install the Ascend driver and firmware for your card "
-                     "(Ascend-hdk-*-npu-driver_*.run); ATC can still build .om files without it, given SOC=<soc_version>")
-    elif not env["npu"]["chips"]:
-        lines.append(f"MISSING | no NPU chip listed by npu-smi ({env['npu'].get('error') or 'empty table'})")
-    if not env["ais_bench"]["importable"]:
-        why = env["ais_bench"].get("import_error", "")
-        lines.append(f"MISSING | ais_bench/aclruntime ({why}): {ae.INSTALL_AIS_BENCH}")
+    if not tk["set_env"] and not tk["home"]:
+        lines.append(f"MISSING | CANN toolkit (atc, ACL runtime): {ae.INSTALL_CANN}")
+    if not atc["path"]:
+        if tk["set_env"] or tk["home"]:
+            lines.append("MISSING | atc (needed for BACKEND=om) is not in the toolkit found; "
+                         + (f"run `source {tk['set_env']}`" if tk["set_env"] else "reinstall the CANN toolkit"))
+    elif not atc.get("on_path"):
+        lines.append(f"MISSING | atc is not on PATH (found {atc['path']}): run `source {tk['set_env'] or 'set_env.sh'}` "
+                     "before make")
+    if not npu["npu_smi"]:
+        lines.append("MISSING | npu-smi / NPU driver: install the Ascend driver and firmware for the card "
+                     "(Ascend-hdk-<card>-npu-driver_<version>_linux-<arch>.run --full from hiascend.com); "
+                     "ATC still builds .om files without it, given SOC=<soc_version>")
+    elif not npu["chips"]:
+        lines.append(f"MISSING | npu-smi lists no NPU chip ({npu.get('error') or 'empty table'}): check the driver "
+                     "(`npu-smi info` as root, `dmesg`)")
+    if not ais["importable"]:
+        why = ais.get("import_error") or "not installed"
+        lines.append(f"MISSING | ais_bench/aclruntime ({why}): {ae.INSTALL_AIS_BENCH} "
+                     "(into the pipeline's venv: .venv/bin/python -m pip install ...; needs CANN sourced)")
     return lines
+
+
+def report_lines(env: dict) -> list[str]:
+    tk, atc, npu, ais = env["toolkit"], env["atc"], env["npu"], env["ais_bench"]
+    out = [f"doctor | CANN toolkit: {tk['home'] or 'not found'} (version {tk['version'] or 'unknown'}; "
+           f"set_env.sh: {tk['set_env'] or 'not found'})",
+           f"doctor | atc: {atc['path'] or 'not found'}" + (f" (CANN {atc['version']})" if atc["version"] else "")]
+    if npu["chips"]:
+        out.append(f"doctor | npu-smi {npu['npu_smi_version'] or '?'}, driver {npu['driver_version'] or '?'}")
+        for c in npu["chips"]:
+            hbm = (f", HBM {c['hbm_used_mb']} / {c['hbm_total_mb']} MB" if "hbm_used_mb" in c else "")
+            ddr = (f", memory {c['ddr_used_mb']} / {c['ddr_total_mb']} MB" if "ddr_used_mb" in c else "")
+            out.append(f"doctor | NPU {c['npu']} chip {c['chip']}: {c['name']}, health {c['health']}{ddr}{hbm}")
+        soc = npu["soc_version"]
+        out.append(f"doctor | --soc_version: {soc} (make om uses it; override with SOC=...)" if soc else
+                   "doctor | --soc_version: undetermined; pass SOC=... (A3: npu-smi info -t board -i 0 -c 0 -> "
+                   "<Chip Name>_<NPU Name>, e.g. Ascend910_9391)")
+    else:
+        out.append(f"doctor | npu-smi: {npu['npu_smi'] or 'not found'}; no NPU listed")
+    if ais["importable"]:
+        out.append(f"doctor | ais_bench {ais['ais_bench'] or '?'} / aclruntime {ais['aclruntime'] or '?'}: API "
+                   f"{ais['flavour']} ({'summary()' if ais['has_summary'] else 'sumary() only'}, free_resource "
+                   f"{'yes' if ais['has_free_resource'] else 'no'}, finalize {ais['finalize'] or 'absent'})")
+    else:
+        out.append("doctor | ais_bench: not importable")
+    out.append(f"doctor | torch_npu: {env['torch_npu']['version'] or 'not installed (not needed)'}")
+    return out
 
 
 @cli
 def main(argv=None) -> int:
     env = collect()
-    tk, atc, npu, ais = env["toolkit"], env["atc"], env["npu"], env["ais_bench"]
-    print(f"doctor | CANN toolkit: {tk['home'] or 'not found'} (set_env.sh: {tk['set_env'] or 'not found'}, "
-          f"version {tk['version'] or 'unknown'})")
-    print(f"doctor | atc: {atc['path'] or 'not found'}" + (f" (version {atc['version']})" if atc["version"] else ""))
-    if npu["chips"]:
-        for c in npu["chips"]:
-            print(f"doctor | NPU {c['npu']} chip {c['chip']}: {c['name']}, health {c['health']}, "
-                  f"memory {c.get('memory_used_mb', '?')} / {c.get('memory_total_mb', '?')} MB")
-        print(f"doctor | --soc_version: {npu['soc_version'] or 'undetermined (pass SOC=...)'}")
-    else:
-        print(f"doctor | npu-smi: {npu['npu_smi'] or 'not found'}; no NPU listed")
-    print(f"doctor | ais_bench: {'importable, API ' + ais['flavour'] if ais['importable'] else 'not importable'}"
-          f" (ais_bench {ais['ais_bench'] or '-'}, aclruntime {ais['aclruntime'] or '-'})")
-    print(f"doctor | torch_npu: {env['torch_npu']['version'] or 'not installed (not needed)'}")
-    lines = missing_lines(env)
-    for line in lines:
+    for line in report_lines(env):
         print(line)
-    if not npu["chips"] or not atc["path"]:
-        print("doctor | no NPU/CANN here: the pipeline uses the CPU targets (BACKEND=auto builds ort-fp16); "
-              "results say backend ort-fp16/ort-cpu and device cpu")
+    missing = missing_lines(env)
+    for line in missing:
+        print(line)
+    if not env["npu"]["chips"] or not env["atc"]["path"]:
+        print(f"doctor | {NO_ASCEND} (BACKEND=auto builds ort-fp16; results say backend ort-fp16/ort-cpu, "
+              "device cpu)" + ("; ATC alone can still build .om files here with SOC=<soc>" if env["atc"]["path"] else ""))
+    elif not env["ais_bench"]["importable"]:
+        print("doctor | NPU and ATC found: `make om BACKEND=om` works; infer/compare/bench need ais_bench")
+    else:
+        print("doctor | ready: make om infer compare bench BACKEND=om DEVICE=0")
     report = provenance.header("doctor")
-    report.update({**env, "missing": lines})
+    report.update({**env, "missing": missing, "ready_for_om": bool(env["atc"]["path"]),
+                   "ready_for_npu": bool(env["npu"]["chips"] and env["ais_bench"]["importable"])})
     out = Path(os.environ.get("PIPELINE_RESULTS_DIR") or ROOT / "results") / "env_info.json"
     write_json(out, report)
     print(f"doctor | {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
