@@ -1,0 +1,290 @@
+"""AisBenchRunner against the ais_bench test double (tests/ais_bench_double.py) in its 2023/2024/2025 flavours:
+list feeds cast to the descriptor dtype, per-batch / dymbatch / dymdims .om files, both timing forms,
+free_resource, output naming, one-line errors, ais_bench's path rules."""
+import hashlib
+import json
+import os
+import stat
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import ais_bench_double as double
+from pipeline.config import SCHEMA
+from pipeline.errors import PipelineError
+from pipeline.schema import validate
+from run import ais_runner
+from run.ais_runner import AisBenchRunner, check_om_path, device_ms, numpy_dtype
+
+
+def cfg_for(in_shape, outputs=("embedding", "peak")):
+    raw = {"name": "m", "family": "convnext_clip", "inputs": [{"name": "x", "shape": in_shape}],
+           "outputs": [{"name": o, "shape": ["batch", 3]} for o in outputs], "export": {"parity_cases": []}}
+    return {**validate(raw, SCHEMA, "", "t.yaml"), "_source": "t.yaml"}
+
+
+def write_om(folder, name, in_shape, elem=TensorProto.FLOAT, mode="static", desc_shape=None, gears=(),
+             dims_gears=(), dtype="float32"):
+    """What `make om` + ATC would leave: <name>.om (the companion ONNX for the double) and <name>.om.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[2, 3], keepdims=0, name="ReduceMean_7"),
+             helper.make_node("ReduceMax", ["x"], ["mx"], axes=[2, 3], keepdims=0, name="ReduceMax_8")]
+    if elem == TensorProto.FLOAT16:
+        nodes = [helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT, name="cast")] + nodes
+        for n in nodes[1:]:
+            n.input[0] = "x32"
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", elem, in_shape)],
+                          [helper.make_tensor_value_info("mean", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("mx", TensorProto.FLOAT, None)])
+    om = folder / f"{name}.om"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(om))
+    om.chmod(0o640)
+    meta = {"inputs": [{"name": "x", "dtype": dtype, "shape": desc_shape or in_shape}], "mode": mode,
+            "gears": list(gears), "dims_gears": [list(g) for g in dims_gears]}
+    (folder / f"{name}.om.json").write_text(json.dumps(meta))
+    return om
+
+
+def record(om, batch, mode="static", gears=()):
+    return {"batch": batch, "mode": mode, "gears": list(gears), "path": str(om),
+            "sha256": hashlib.sha256(om.read_bytes()).hexdigest()}
+
+
+@pytest.fixture(autouse=True)
+def double_session(monkeypatch):
+    monkeypatch.setattr(ais_runner, "session_factory", double.FakeInferSession)
+    double.FakeInferSession.calls.clear()
+    yield
+    double.FakeInferSession.calls.clear()
+
+
+@pytest.fixture
+def per_batch(tmp_path):
+    oms = [record(write_om(tmp_path / "om", f"m_bs{b}", [b, 3, 4, 4]), b) for b in (1, 2)]
+    return cfg_for(["batch", 3, 4, 4]), {"backend": "om", "oms": oms, "soc_version": "Ascend310P3",
+                                         "cann_version": "8.0.RC3", "precision": "force_fp16"}
+
+
+@pytest.mark.parametrize("flavour", ["2023", "2024", "2025"])
+def test_per_batch_oms_in_every_flavour(per_batch, flavour, monkeypatch):
+    monkeypatch.setitem(double.FLAVOUR, "name", flavour)
+    cfg, target = per_batch
+    x = np.random.default_rng(0).normal(size=(2, 3, 4, 4))                  # float64 in: cast on the host
+    with AisBenchRunner(target, device_id=5, cfg=cfg) as r:
+        assert r.device == "npu:5" and r.backend == "om"
+        assert [(m.name, m.dtype, m.shape) for m in r.get_input_metadata()] == [("x", "float32", [1, 3, 4, 4])]
+        out = r.infer({"x": x})
+        first_ms = r.last_device_ms
+        r.infer({"x": x[:1]})
+        assert r.get_output_names() == ["embedding", "peak"]
+        assert r.describe()["om_output_names"] == ["ReduceMean_7:0", "ReduceMax_8:0"]   # ATC-style names
+    x32 = x.astype(np.float32)
+    np.testing.assert_allclose(out["embedding"], x32.mean(axis=(2, 3)), rtol=1e-6)
+    np.testing.assert_array_equal(out["peak"], x32.max(axis=(2, 3)))
+    assert isinstance(first_ms, float) and first_ms >= 0 and r.last_device_ms >= 0
+    calls = double.FakeInferSession.calls
+    assert [c[0] for c in calls] == ["init", "init", "infer", "infer"] + (["free", "free"] if flavour != "2023" else [])
+    assert [c[1:] for c in calls if c[0] == "infer"] == [("static", [[2, 3, 4, 4]]), ("static", [[1, 3, 4, 4]])]
+    assert [c[1] for c in calls if c[0] == "init"] == [5, 5]
+    assert ("finalize",) not in calls
+
+
+def test_both_timing_forms():
+    assert device_ms(double.Summary([(10.0, 12.5), (20.0, 23.25)])) == 3.25
+    assert device_ms(double.Summary([4.0, 3.25])) == 3.25
+    assert device_ms(double.Summary([])) is None and device_ms(object()) is None
+
+
+def test_missing_batch_and_static_size_errors(per_batch):
+    cfg, target = per_batch
+    with AisBenchRunner(target, cfg=cfg) as r:
+        with pytest.raises(PipelineError) as e:
+            r.infer({"x": np.zeros((4, 3, 4, 4), np.float32)})
+        assert str(e.value) == ("no .om for batch 4; built batch sizes: [1, 2]; add 4 to atc.batch_sizes and rerun "
+                                "`make om`, or use infer.batch_size from that list")
+        with pytest.raises(PipelineError) as e:
+            r.infer({"x": np.zeros((1, 3, 4, 5), np.float32)})
+        assert str(e.value) == ("input x: 240 bytes for shape [1, 3, 4, 5] float32, the .om expects 192 bytes "
+                                "(shape [1, 3, 4, 4] float32); feed that shape or rebuild with `make om BACKEND=om`")
+        assert r.unsupported({"x": [4, 3, 4, 4]}) == "no .om for batch 4 (built: [1, 2])"
+        assert r.unsupported({"x": [1, 3, 8, 8]}) == "input x [1, 3, 8, 8] does not fit the .om's [1, 3, 4, 4]"
+        assert r.unsupported({"x": [2, 3, 4, 4]}) is None
+
+
+def test_fp16_input_descriptor_gets_fp16(tmp_path):
+    om = write_om(tmp_path / "om", "h_bs1", [1, 3, 4, 4], elem=TensorProto.FLOAT16, dtype="float16")
+    cfg = cfg_for(["batch", 3, 4, 4])
+    x = np.linspace(-2, 2, 48).reshape(1, 3, 4, 4)                         # float64 in
+    with AisBenchRunner({"oms": [record(om, 1)]}, cfg=cfg) as r:
+        assert [m.dtype for m in r.get_input_metadata()] == ["float16"]
+        out = r.infer({"x": x})
+    np.testing.assert_array_equal(out["embedding"], x.astype(np.float16).astype(np.float32).mean(axis=(2, 3)))
+    infer = [c for c in double.FakeInferSession.calls if c[0] == "infer"]
+    assert infer == [("infer", "static", [[1, 3, 4, 4]])]
+
+
+def test_dymbatch_one_om_and_gears(tmp_path):
+    om = write_om(tmp_path / "om", "m_dynbs", ["batch", 3, 4, 4], mode="dymbatch", desc_shape=[-1, 3, 4, 4],
+                  gears=[1, 4, 8])
+    target = {"oms": [record(om, None, "dymbatch", [1, 4, 8])]}
+    with AisBenchRunner(target, cfg=cfg_for(["batch", 3, 4, 4])) as r:
+        assert r.get_input_metadata()[0].shape == [None, 3, 4, 4]
+        out = r.infer({"x": np.ones((4, 3, 4, 4), np.float32)})
+        assert out["embedding"].shape == (4, 3)
+        with pytest.raises(PipelineError) as e:
+            r.infer({"x": np.ones((3, 3, 4, 4), np.float32)})
+        assert str(e.value) == ("batch 3 is not a gear of this dynamic-batch .om [1, 4, 8]; use one of them (pad the "
+                                "batch) or add it to atc.batch_sizes and rerun `make om`")
+        assert r.unsupported({"x": [3, 3, 4, 4]}) == "batch 3 is not a gear of the .om ([1, 4, 8])"
+    assert [c[1:] for c in double.FakeInferSession.calls if c[0] == "infer"] == [("dymbatch", [[4, 3, 4, 4]])]
+
+
+def test_dymdims_per_batch_om(tmp_path):
+    om = write_om(tmp_path / "om", "a_bs1", [1, 1, "frames", 8], mode="dymdims", desc_shape=[1, 1, -1, 8],
+                  dims_gears=[[11], [21]])
+    cfg = cfg_for(["batch", 1, "frames", 8])
+    with AisBenchRunner({"oms": [record(om, 1, "dymdims", [[11], [21]])]}, cfg=cfg) as r:
+        assert r.get_input_metadata()[0].shape == [1, 1, None, 8]
+        x = np.arange(21 * 8, dtype=np.float32).reshape(1, 1, 21, 8)
+        np.testing.assert_allclose(r.infer({"x": x})["embedding"], x.mean(axis=(2, 3)), rtol=1e-6)
+        with pytest.raises(PipelineError, match=r"^dynamic dims \[15\] match no gear of this .om \[\[11\], \[21\]\]; "
+                                                r"pad the input to a gear"):
+            r.infer({"x": np.zeros((1, 1, 15, 8), np.float32)})
+        assert r.unsupported({"x": [1, 1, 15, 8]}) == "dims [15] match no gear of the .om ([[11], [21]])"
+        assert r.unsupported({"x": [1, 1, 11, 8]}) is None
+    assert [c[1] for c in double.FakeInferSession.calls if c[0] == "infer"] == ["dymdims"]
+
+
+def test_dymshape_gets_custom_sizes(tmp_path):
+    om = write_om(tmp_path / "om", "s_bs1", [1, 3, 4, 4], mode="dymshape")
+    target = {"oms": [record(om, 1, "dymshape")], "custom_sizes": [4096, 4096]}
+    with AisBenchRunner(target, cfg=cfg_for(["batch", 3, 4, 4])) as r:
+        assert r.infer({"x": np.ones((1, 3, 4, 4), np.float32)})["embedding"].shape == (1, 3)
+
+
+class HiddenInputSession:
+    """A session listing ATC's dynamic-batch input (older descriptors may expose it)."""
+
+    def __init__(self, device_id, path):
+        self.inputs = [double.Desc("x", "float32", [-1, 3]), double.Desc("ascend_mbatch_shape_data", "int64", [1])]
+
+    def get_inputs(self):
+        return self.inputs
+
+    def get_outputs(self):
+        return []
+
+
+def test_atc_added_input_is_hidden(tmp_path):
+    om = tmp_path / "om" / "m_dynbs.om"
+    om.parent.mkdir()
+    om.write_bytes(b"x")
+    target = {"oms": [record(om, None, "dymbatch", [1, 2])]}
+    for cfg in (cfg_for(["batch", 3]), None):
+        r = AisBenchRunner(target, cfg=cfg, session_factory=HiddenInputSession)
+        r.activate()
+        assert [(m.name, m.shape) for m in r.get_input_metadata()] == [("x", [None, 3])]
+
+
+class NamedOutputsSession:
+    """OM outputs in another order than the config, named `<node>:<index>:<onnx name>`."""
+
+    def __init__(self, device_id, path):
+        self.times = []
+
+    def get_inputs(self):
+        return [double.Desc("x", "float32", [1, 3])]
+
+    def get_outputs(self):
+        return [double.Desc("ReduceMax_8:0:peak", "float32", [1]), double.Desc("ReduceMean_7:0:embedding", "float32", [1])]
+
+    def infer(self, feeds, mode="static", custom_sizes=100000, out_array=True):
+        assert isinstance(feeds, list) and mode == "static"
+        self.times.append((1.0, 1.5))
+        return [feeds[0].max(axis=1), feeds[0].mean(axis=1)]
+
+    def summary(self):
+        return double.Summary(self.times)
+
+
+def test_outputs_named_by_onnx_name_when_the_om_carries_it(tmp_path):
+    om = tmp_path / "om" / "m_bs1.om"
+    om.parent.mkdir()
+    om.write_bytes(b"x")
+    r = AisBenchRunner({"oms": [record(om, 1)]}, cfg=cfg_for(["batch", 3]), session_factory=NamedOutputsSession)
+    with r:
+        out = r.infer({"x": np.array([[1.0, 2.0, 6.0]])})
+    assert {k: v.tolist() for k, v in out.items()} == {"peak": [6.0], "embedding": [3.0]}
+    assert r.last_device_ms == 0.5
+
+
+def test_dtype_names():
+    class Enum:
+        name = "int64"
+
+    assert [numpy_dtype(v) for v in ("dtype.float32", "float16", "dtype.double", 1, 9, Enum(),
+                                     "TENSOR_DTYPE_FLOAT16", "3")] == [
+        "float32", "float16", "float64", "float16", "int64", "int64", "float16", "int32"]
+    with pytest.raises(PipelineError, match=r"unknown ais_bench tensor dtype 'dtype.bfloat16'"):
+        numpy_dtype("dtype.bfloat16")
+
+
+def test_missing_ais_bench_is_one_line(per_batch, monkeypatch):
+    monkeypatch.setattr(ais_runner, "session_factory", None)
+    monkeypatch.setitem(__import__("sys").modules, "ais_bench", None)
+    cfg, target = per_batch
+    with pytest.raises(PipelineError) as e:
+        AisBenchRunner(target, cfg=cfg).activate()
+    msg = str(e.value)
+    assert msg.startswith("ais_bench is not installed (it is not on PyPI): install from source: pip3 install -v "
+                          "'git+https://gitee.com/ascend/tools.git#egg=aclruntime&subdirectory=")
+    assert msg.endswith("; or use BACKEND=ort-fp16 on a machine without an NPU") and "\n" not in msg
+
+
+def test_load_failure_is_one_line(per_batch):
+    def broken(device_id, path):
+        raise RuntimeError("aclmdlLoadFromFile failed, ret=507011\nmore details")
+
+    cfg, target = per_batch
+    with pytest.raises(PipelineError) as e:
+        AisBenchRunner(target, device_id=1, cfg=cfg, session_factory=broken).activate()
+    assert str(e.value).startswith("ais_bench cannot load ")
+    assert ("on device 1: RuntimeError: aclmdlLoadFromFile failed, ret=507011; check `npu-smi info`" in str(e.value))
+
+
+def test_om_path_rules(tmp_path):
+    om = tmp_path / "d" / "m.om"
+    om.parent.mkdir()
+    om.write_bytes(b"x")
+    om.chmod(0o666)
+    om.parent.chmod(0o777)
+    assert check_om_path(om) == om.resolve()
+    assert stat.S_IMODE(om.stat().st_mode) == 0o644                         # our own file: go-w removed
+    assert stat.S_IMODE(om.parent.stat().st_mode) == 0o755
+    link = tmp_path / "link.om"
+    link.symlink_to(om)
+    with pytest.raises(PipelineError, match=r"link.om is a symlink; ais_bench refuses symlinked models"):
+        check_om_path(link)
+    spaced = tmp_path / "my model.om"
+    spaced.write_bytes(b"x")
+    with pytest.raises(PipelineError, match=r"has characters ais_bench refuses \(allowed: A-Z a-z 0-9 _ . / -\)"):
+        check_om_path(spaced)
+    other = tmp_path / "m.onnx"
+    other.write_bytes(b"x")
+    with pytest.raises(PipelineError, match=r"m.onnx does not end in .om"):
+        check_om_path(other)
+    with pytest.raises(PipelineError, match=r"gone.om does not exist; run `make om BACKEND=om` first"):
+        check_om_path(tmp_path / "gone.om")
+
+
+def test_describe_reports_files_and_versions(per_batch):
+    cfg, target = per_batch
+    with AisBenchRunner(target, device_id=2, cfg=cfg) as r:
+        d = r.describe()
+    assert (d["backend"], d["device"], d["soc_version"], d["cann_version"], d["precision"]) == (
+        "om", "npu:2", "Ascend310P3", "8.0.RC3", "force_fp16")
+    assert [(o["batch"], o["sha256"]) for o in d["oms"]] == [(o["batch"], o["sha256"]) for o in target["oms"]]
+    assert d["runtime"].startswith("ais_bench ? / aclruntime ?")           # not installed here: the double ran
+    assert os.path.basename(d["oms"][0]["path"]) == "m_bs1.om"
