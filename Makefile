@@ -13,6 +13,7 @@ WEIGHTS   ?=
 INPUT     ?=
 DEVICE    ?= 0
 SOC       ?=
+COUNT     ?= 1000
 ENV       ?= full
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
@@ -37,7 +38,7 @@ PIPE_SRC  := $(wildcard pipeline/*.py)
 family     = $(shell sed -n 's/^family: *//p' configs/$(1).yaml)
 FAMILY_SRC = $(wildcard models/$(call family,$(1))/*.py models/$(call family,$(1))/*.txt)
 
-.PHONY: help env export om infer compare bench all test clean distclean doctor preflight precision report FORCE
+.PHONY: help env export om infer compare bench all test clean distclean doctor preflight precision report dataset FORCE
 
 help:
 	@echo "Ascend offline-inference pipeline"
@@ -50,11 +51,13 @@ help:
 	@echo "  make bench      latency/throughput per batch size + PyTorch eager -> results/<model>/performance_eval.json"
 	@echo "  make preflight  offline ATC compatibility check of the ONNX     -> results/<model>/preflight.json"
 	@echo "  make doctor     what Ascend software is installed                -> results/env_info.json"
+	@echo "  make dataset    infer + compare over COUNT generated inputs, memory and speed -> results/<model>/dataset_run.json"
 	@echo "  make report     REPORT.md per model and combined, plots; PUBLISH=1 adds the model-card section"
 	@echo "  make precision  where fp16 loses precision, and the keep_dtype fix -> results/<model>/precision_report.md"
 	@echo "  make clean      remove build/ (ONNX, .om, .npy); results/ and logs/ stay"
 	@echo "Variables: MODEL=<$(CONFIGS)> BACKEND=<auto|om|ort-fp16|ort-cpu> (now: $(BACKEND) -> $(RB))"
 	@echo "           WEIGHTS=<file or folder> INPUT=<file or folder> DEVICE=<npu id> SOC=<soc_version>"
+	@echo "           COUNT=<inputs for make dataset, default 1000>"
 	@echo "           ENV=<full|host> (host: no torch, for an Ascend host)"
 
 # ---- environment -------------------------------------------------------------------------------
@@ -116,6 +119,10 @@ infer:   $(foreach m,$(MODEL),$(B)/$(m)/infer-$(RB).done)
 compare: $(foreach m,$(MODEL),$(B)/$(m)/compare-$(RB).done)
 bench:   $(foreach m,$(MODEL),$(B)/$(m)/bench-$(RB).done)
 all:     compare bench
+
+# a measurement, like bench: always runs; the model-only figure it compares against comes from bench
+dataset: $(foreach m,$(MODEL),$(B)/$(m)/bench-$(RB).done) | $(ENV_STAMP)
+	@rc=0; for m in $(MODEL); do $(PY) -m run.dataset --model $$m --backend $(RB) --count $(COUNT) || rc=1; done; exit $$rc
 
 report: | $(ENV_STAMP)
 	$(PY) -m report --model $(MODEL) $(if $(PUBLISH),--publish,)

@@ -17,10 +17,11 @@ from pipeline.errors import cli
 from pipeline.paths import ModelPaths
 
 from . import plots
-from .tables import (accuracy_table, device_label, environment, export_table, get, performance_table,
+from .tables import (accuracy_table, dataset_table, device_label, environment, export_table, get, performance_table,
                      precision_table, weights_line)
 
-FILES = ("export", "inference_result", "accuracy_eval", "performance_eval", "precision_report", "preflight")
+FILES = ("export", "inference_result", "accuracy_eval", "performance_eval", "precision_report", "preflight",
+         "dataset_run")
 
 
 def load(path: Path) -> dict | None:
@@ -79,6 +80,7 @@ def model_report(cfg, docs, env_info, figs) -> str:
              "## Export and simplification", "", *export_table(docs["export"]), "",
              "## Accuracy against onnxruntime CPU fp32", "", *accuracy_table(docs["accuracy_eval"]), "",
              "## Performance", "", *performance_table(docs["performance_eval"]), "",
+             "## Dataset-scale run", "", *dataset_table(docs["dataset_run"]), "",
              "## Precision findings", "", *precision_table(docs["precision_report"]), ""]
     if inf and inf.get("timing", {}).get("real_time_factor"):
         lines += [f"`make infer` real-time factor: {inf['timing']['real_time_factor']:.1f} "

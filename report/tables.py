@@ -1,6 +1,8 @@
 """Markdown tables from the results JSON; every number links to the JSON field it came from."""
 from __future__ import annotations
 
+from pathlib import Path
+
 CPU_BACKENDS = {"ort-fp16", "ort-cpu"}
 
 
@@ -142,4 +144,38 @@ def precision_table(doc: dict | None) -> list[str]:
     keep = get(doc, "/fix/keep") or []
     lines += ["", f"Generated keep_dtype list: {len(keep)} node(s)" + (f": `{'`, `'.join(keep[:8])}`" if keep else
                                                                        " (fp16 passes as it is).")]
+    return lines
+
+
+def dataset_table(doc: dict | None) -> list[str]:
+    if not doc:
+        return ["Dataset-scale run: not run (`make dataset COUNT=1000`)."]
+    f = "dataset_run.json"
+    small, count = doc.get("small_count"), doc.get("count")
+    lines = [f"`make infer` and `make compare` over {count} generated inputs (seed {doc.get('seed')}) on "
+             f"**{device_label(doc.get('backend'), doc.get('device'))}**, and over the first {small} of them to "
+             "show that memory does not grow with the folder.", "",
+             "| figure | value |", "|---|---|",
+             f"| inputs / items / batch | {cell(doc, f, '/runs/1/inputs', '{}')} / {cell(doc, f, '/runs/1/items', '{}')} / "
+             f"{cell(doc, f, '/runs/1/batch_size', '{}')} |",
+             f"| infer wall time (s) | {cell(doc, f, '/runs/1/infer/wall_s', '{:.1f}')} |",
+             f"| infer end to end (items/s) | {cell(doc, f, '/runs/1/infer/end_to_end_items_per_s', '{:.2f}')} |",
+             f"| infer, runner calls only (items/s) | {cell(doc, f, '/runs/1/infer/inference_only_items_per_s', '{:.2f}')} |",
+             f"| model-only bench figure (samples/s) | {cell(doc, f, '/model_only/samples_per_s', '{:.2f}')} |",
+             f"| end to end / model-only | {cell(doc, f, '/ratio_to_model_only', '{:.1%}')} |"]
+    if get(doc, "/runs/1/infer/real_time_factor") is not None:
+        lines.append(f"| real-time factor (audio s per wall s) | {cell(doc, f, '/runs/1/infer/real_time_factor', '{:.1f}')} "
+                     f"over {cell(doc, f, '/runs/1/infer/audio_s', '{:.0f}')} s of audio |")
+    for stage in ("infer", "compare"):
+        lines.append(f"| {stage} peak RSS (MB) at {small} / {count} inputs | "
+                     f"{cell(doc, f, f'/memory/{stage}/small_mb', '{:.0f}')} / {cell(doc, f, f'/memory/{stage}/full_mb', '{:.0f}')} "
+                     f"({cell(doc, f, f'/memory/{stage}/ratio', '{:.2f}x')}) |")
+    lines.append(f"| compare wall time (s), verdict | {cell(doc, f, '/runs/1/compare/wall_s', '{:.1f}')}, "
+                 f"**{doc.get('verdict')}** |")
+    for name, o in (get(doc, "/runs/1/compare/outputs") or {}).items():
+        p = f"/runs/1/compare/outputs/{name}"
+        worst = ", ".join(f"`{Path(w['source']).name}` {w['rel_l2']:.2e}" for w in o.get("worst_samples", [])[:3])
+        lines.append(f"| {name}: worst / median rel L2, min cosine over {o.get('samples')} items | "
+                     f"{cell(doc, f, p + '/worst_rel_l2', '{:.2e}')} / {cell(doc, f, p + '/median_rel_l2', '{:.2e}')}, "
+                     f"{cell(doc, f, p + '/min_cosine', '{:.7f}')}; worst: {worst} |")
     return lines

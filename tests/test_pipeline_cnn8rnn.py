@@ -116,3 +116,14 @@ def test_precision_doctor_through_make(run):
     assert (run[0] / "results" / MODEL / "precision_layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (run[0] / "results" / MODEL / "precision_report.md").read_text()
     assert "CPU emulation" in md and "| force_fp16 (ATC default) |" in md
+
+
+def test_dataset_run_reports_real_time_factor(run):
+    out = make(run[0], "dataset", f"MODEL={MODEL}", "COUNT=4")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    ds = load(run[0], "dataset_run.json")
+    full = ds["runs"][1]
+    assert full["inputs"] == 4 and full["infer"]["audio_s"] == pytest.approx(21.5)   # the 4 generated kinds
+    assert full["infer"]["real_time_factor"] > 1
+    assert set(full["compare"]["outputs"]) == {"segmentwise_output", "clipwise_output"}
+    assert ds["verdict"] == "PASSED" and ds["ratio_to_model_only"] > 0

@@ -149,3 +149,27 @@ def test_known_weights_through_onnx(run, tmp_path):
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert rel_l2(got, ref) < 1e-5
+
+
+def test_dataset_run_streams_and_leaves_the_main_build_alone(run):
+    tmp = run[0]
+    manifest = tmp / "build" / MODEL / "inputs" / "manifest.json"
+    before = manifest.read_bytes()
+    out = make(tmp, "dataset", f"MODEL={MODEL}", "COUNT=6")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert manifest.read_bytes() == before                       # `make infer`'s own inputs untouched
+    ds = load(tmp, "dataset_run.json")
+    assert ds["count"] == 6 and ds["small_count"] == 1 and ds["backend"] == "ort-fp16" and ds["device"] == "cpu"
+    assert [r["inputs"] for r in ds["runs"]] == [1, 6] and ds["runs"][1]["items"] == 6
+    assert ds["verdict"] == "PASSED" and ds["runs"][1]["compare"]["outputs"]["embedding"]["samples"] == 6
+    perf = load(tmp, "performance_eval.json")
+    bs = ds["runs"][1]["batch_size"]
+    model_only = next(r["throughput_samples_per_s"] for r in perf["results"] if r["batch_size"] == bs)
+    assert ds["model_only"]["samples_per_s"] == model_only
+    assert ds["ratio_to_model_only"] == pytest.approx(ds["runs"][1]["infer"]["end_to_end_items_per_s"] / model_only)
+    for stage in ("infer", "compare"):
+        m = ds["memory"][stage]
+        assert 50 < m["small_mb"] < 4000 and 50 < m["full_mb"] < 4000
+        assert m["ratio"] == pytest.approx(m["full_mb"] / m["small_mb"])
+    log = (tmp / "logs" / MODEL / "dataset.log").read_text()
+    assert f"PASSED | {MODEL} embedding" in log and "peak RSS" in log

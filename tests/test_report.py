@@ -18,8 +18,9 @@ def results(isolated_dirs):
         pytest.skip("no committed convnext results to build a report from")
     dst = isolated_dirs / "results" / MODEL
     dst.mkdir(parents=True)
-    for name in ("export.json", "accuracy_eval.json", "performance_eval.json"):
-        shutil.copy(src / name, dst / name)
+    for name in ("export.json", "accuracy_eval.json", "performance_eval.json", "dataset_run.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, dst / name)
     return isolated_dirs
 
 
@@ -37,6 +38,14 @@ def test_report_tables_link_every_number(results):
     assert "latency_throughput.png" in pngs and "error_distribution.png" in pngs
     assert all((plots / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert "![" in md and "plots/latency_throughput.png" in md
+    ds_path = results / "results" / MODEL / "dataset_run.json"
+    if ds_path.exists():                                               # dataset-scale run: count, memory, ratio
+        ds = json.loads(ds_path.read_text())
+        assert f"over {ds['count']} generated inputs" in md
+        assert f"{ds['ratio_to_model_only']:.1%} [↗](dataset_run.json#/ratio_to_model_only)" in md
+        assert f"{ds['memory']['infer']['full_mb']:.0f} [↗](dataset_run.json#/memory/infer/full_mb)" in md
+    else:
+        assert "Dataset-scale run: not run" in md
     combined = (results / "results" / "REPORT.md").read_text()
     assert f"[{MODEL}/REPORT.md]({MODEL}/REPORT.md)" in combined
 

@@ -1,0 +1,193 @@
+"""make dataset: `make infer` and `make compare` over a folder of COUNT generated inputs, measured.
+
+Runs the two stages as they are (subprocesses, live progress bars) twice: on the first COUNT/10 inputs and on
+all COUNT, each in its own scratch tree under build/<model>/dataset/, so the main build's inputs and outputs
+stay as `make infer` left them. Peak resident memory of each stage process comes from wait4(); equal peaks at
+both sizes show that memory stays flat. Writes results/<model>/dataset_run.json and logs/<model>/dataset.log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from convert.backends import resolved_name
+from pipeline import provenance
+from pipeline.atomic import write_json, write_text
+from pipeline.config import load_config, load_family
+from pipeline.errors import PipelineError, cli
+from pipeline.log import StageLog
+from pipeline.paths import ROOT, ModelPaths
+
+from .targets import load_target
+
+MODEL_FILES = ("model.sim.onnx", "model.fp16.onnx", "weights.json", "frontend.npz")
+
+
+def generate(cfg: dict, family, folder: Path, count: int, seed: int) -> list[Path]:
+    """COUNT seeded inputs in `folder`, generated once (a marker file records a finished set)."""
+    marker = folder / "COMPLETE.json"
+    if marker.exists() and json.loads(marker.read_text()).get("count") == count:
+        return [folder / name for name in json.loads(marker.read_text())["files"]]
+    staging = folder.with_name(folder.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    files = family.generate_sources(cfg, staging, count=count, seed=seed)
+    write_text(staging / "COMPLETE.json", json.dumps({"count": count, "seed": seed,
+                                                      "files": [p.name for p in files]}))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    return [folder / p.name for p in files]
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:                       # another file system
+        shutil.copy2(src, dst)
+
+
+def scratch_tree(paths: ModelPaths, backend: str, root: Path, sources: list[Path]) -> dict:
+    """A build/results/logs tree holding this model's built target and a folder with `sources`."""
+    shutil.rmtree(root, ignore_errors=True)
+    build = root / "build" / paths.model
+    for name in (*MODEL_FILES, f"target-{backend}.json"):
+        if (paths.build / name).exists():
+            _link(paths.build / name, build / name)
+    for src in sources:
+        _link(src, root / "input" / src.name)
+    return {"PIPELINE_BUILD_DIR": str(root / "build"), "PIPELINE_RESULTS_DIR": str(root / "results"),
+            "PIPELINE_LOGS_DIR": str(root / "logs")}
+
+
+def run_stage(argv: list[str], env: dict) -> dict:
+    """Run one stage process; its exit code, wall seconds and peak resident memory (wait4 rusage)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env})
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except KeyboardInterrupt:
+        proc.kill()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"argv": argv, "exit_code": proc.returncode, "wall_s": time.perf_counter() - t0,
+            "peak_rss_mb": usage.ru_maxrss / 1024}          # Linux: kilobytes
+
+
+def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log) -> dict:
+    env = scratch_tree(paths, backend, root, sources)
+    model = cfg["name"]
+    py = [sys.executable, "-m"]
+    log(f"dataset | {len(sources)} input(s): make infer, then make compare ({root})")
+    infer = run_stage([*py, "run.infer", "--model", model, "--backend", backend, "--input", str(root / "input")], env)
+    if infer["exit_code"] != 0:
+        raise PipelineError(f"make infer failed on the {len(sources)}-input dataset (exit {infer['exit_code']}); "
+                            f"its error line is above, its log in {root / 'logs' / model}")
+    compare = run_stage([*py, "compare", "--model", model, "--backend", backend], env)
+    if compare["exit_code"] not in (0, 1):                # 1 = FAILED gate, still a result
+        raise PipelineError(f"make compare failed on the {len(sources)}-input dataset (exit {compare['exit_code']}); "
+                            f"its error line is above, its log in {root / 'logs' / model}")
+    res = Path(env["PIPELINE_RESULTS_DIR"]) / model
+    inf = json.loads((res / "inference_result.json").read_text())
+    acc = json.loads((res / "accuracy_eval.json").read_text())
+    timing = inf["timing"]
+    return {
+        "inputs": len(sources), "items": timing["items"], "batch_size": timing["batch_size"],
+        "infer": {**infer, "end_to_end_items_per_s": timing["end_to_end_items_per_s"],
+                  "inference_only_items_per_s": timing["inference_only_items_per_s"],
+                  "stage_wall_s": timing["wall_s"], "real_time_factor": timing.get("real_time_factor"),
+                  "audio_s": timing.get("audio_s")},
+        "compare": {**compare, "verdict": acc["verdict"],
+                    "outputs": {name: {k: o["summary"][k] for k in ("samples", "failed_samples", "worst_rel_l2",
+                                                                      "worst_rel_l2_item", "min_cosine", "median_rel_l2",
+                                                                      "worst_samples")}
+                                for name, o in acc["outputs"].items()}},
+        "verdict_lines": [ln for ln in (Path(env["PIPELINE_LOGS_DIR"]) / model / "accuracy_eval.log")
+                          .read_text().splitlines() if ln.startswith(("PASSED |", "FAILED |"))],
+        "backend": inf["backend"], "device": inf["device"],
+    }
+
+
+def model_only(paths: ModelPaths, backend: str, batch: int) -> dict | None:
+    """The bench's model-only throughput at this batch size, from results/<model>/performance_eval.json."""
+    f = paths.results / "performance_eval.json"
+    if not f.exists():
+        return None
+    perf = json.loads(f.read_text())
+    if perf.get("backend") != backend:
+        return None
+    for i, row in enumerate(perf.get("results", [])):
+        if row["batch_size"] == batch:
+            return {"samples_per_s": row["throughput_samples_per_s"], "shapes": row.get("shapes"),
+                    "source": f"performance_eval.json#/results/{i}/throughput_samples_per_s",
+                    "created_utc": perf.get("created_utc")}
+    return None
+
+
+@cli
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m run.dataset", description=__doc__)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--backend", default=os.environ.get("BACKEND", "auto"))
+    ap.add_argument("--count", type=int, default=int(os.environ.get("COUNT", "1000") or 1000))
+    ap.add_argument("--small", type=int, default=0, help="size of the first run (default: count / 10)")
+    ap.add_argument("--seed", type=int, default=777)
+    args = ap.parse_args(argv)
+    if args.count < 2:
+        raise PipelineError(f"COUNT={args.count}: a dataset run needs at least 2 inputs")
+    small = args.small or max(1, args.count // 10)
+    if not 1 <= small < args.count:
+        raise PipelineError(f"--small {small} must be at least 1 and below COUNT={args.count}")
+    cfg = load_config(args.model)
+    paths = ModelPaths(cfg["name"])
+    backend = resolved_name(args.backend)
+    load_target(cfg, backend)                     # one clear line when `make om` has not run
+    family = load_family(cfg["family"])
+    log = StageLog(paths.logs / "dataset.log")
+    work = paths.build / "dataset"
+    log(f"dataset | {cfg['name']} on {backend}: generating {args.count} input(s), seed {args.seed}")
+    t0 = time.perf_counter()
+    sources = generate(cfg, family, work / f"sources-{args.count}-seed{args.seed}", args.count, args.seed)
+    gen_s = time.perf_counter() - t0
+    runs = [one_run(cfg, paths, backend, sources[:small], work / "run-small", log),
+            one_run(cfg, paths, backend, sources, work / "run-full", log)]
+    full = runs[-1]
+    ref = model_only(paths, backend, full["batch_size"])
+    mem = {stage: {"small_mb": runs[0][stage]["peak_rss_mb"], "full_mb": full[stage]["peak_rss_mb"],
+                   "growth_mb": full[stage]["peak_rss_mb"] - runs[0][stage]["peak_rss_mb"],
+                   "ratio": full[stage]["peak_rss_mb"] / runs[0][stage]["peak_rss_mb"]} for stage in ("infer", "compare")}
+    result = provenance.header("dataset", cfg)
+    result.update({
+        "backend": full["backend"], "device": full["device"], "count": args.count, "small_count": small,
+        "seed": args.seed, "generator": f"models.{cfg['family']}.generate_sources", "generate_s": gen_s,
+        "runs": runs, "memory": mem, "verdict": full["compare"]["verdict"],
+        "model_only": ref,
+        "ratio_to_model_only": full["infer"]["end_to_end_items_per_s"] / ref["samples_per_s"] if ref else None,
+        "definitions": {
+            "end_to_end_items_per_s": "items (windows for audio) per second of `make infer` wall time after the "
+                                      "runner is loaded: decode, preprocess, .npy, inference, postprocess",
+            "peak_rss_mb": "peak resident memory of the stage process (wait4 ru_maxrss)",
+            "memory.ratio": "peak RSS at COUNT inputs / peak RSS at COUNT/10 inputs (1.0 = flat)",
+            "ratio_to_model_only": "end_to_end_items_per_s / the bench's model-only samples/s at the same batch size"},
+    })
+    write_json(paths.results / "dataset_run.json", result)
+    for stage, m in mem.items():
+        log(f"dataset | {stage}: peak RSS {m['small_mb']:.0f} MB at {small} input(s), {m['full_mb']:.0f} MB at "
+            f"{args.count} ({m['ratio']:.2f}x)")
+    log(f"dataset | infer {full['infer']['end_to_end_items_per_s']:.2f} items/s end to end"
+        + (f" = {result['ratio_to_model_only']:.1%} of model-only {ref['samples_per_s']:.2f} samples/s" if ref else
+           " (no model-only figure for this backend and batch size: run `make bench`)"))
+    for line in full["verdict_lines"]:
+        log(line)
+    log(f"dataset | results/{cfg['name']}/dataset_run.json")
+    log.save()
+    return 0 if full["compare"]["verdict"] == "PASSED" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
