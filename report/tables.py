@@ -161,8 +161,10 @@ def dataset_table(doc: dict | None) -> list[str]:
              f"| infer wall time (s) | {cell(doc, f, '/runs/1/infer/wall_s', '{:.1f}')} |",
              f"| infer end to end (items/s) | {cell(doc, f, '/runs/1/infer/end_to_end_items_per_s', '{:.2f}')} |",
              f"| infer, runner calls only (items/s) | {cell(doc, f, '/runs/1/infer/inference_only_items_per_s', '{:.2f}')} |",
-             f"| model-only bench figure (samples/s) | {cell(doc, f, '/model_only/samples_per_s', '{:.2f}')} |",
-             f"| end to end / model-only | {cell(doc, f, '/ratio_to_model_only', '{:.1%}')} |"]
+             f"| end to end / runner calls alone, same run | {cell(doc, f, '/ratio_to_runner_calls', '{:.1%}')} |",
+             f"| this run / bench model-only, by {get(doc, '/model_only/basis') or 'n/a'} | "
+             f"{cell(doc, f, '/model_only/run_value', '{:.2f}')} / {cell(doc, f, '/model_only/value', '{:.2f}')} = "
+             f"{cell(doc, f, '/ratio_to_model_only', '{:.1%}')} ({get(doc, '/model_only/note') or 'no bench figure'}) |"]
     if get(doc, "/runs/1/infer/real_time_factor") is not None:
         lines.append(f"| real-time factor (audio s per wall s) | {cell(doc, f, '/runs/1/infer/real_time_factor', '{:.1f}')} "
                      f"over {cell(doc, f, '/runs/1/infer/audio_s', '{:.0f}')} s of audio |")

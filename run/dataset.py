@@ -113,20 +113,32 @@ def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log) -> d
     }
 
 
-def model_only(paths: ModelPaths, backend: str, batch: int) -> dict | None:
-    """The bench's model-only throughput at this batch size, from results/<model>/performance_eval.json."""
+def model_only(paths: ModelPaths, backend: str, run: dict) -> dict | None:
+    """The bench's model-only figure to hold this run against, from results/<model>/performance_eval.json:
+    same backend and batch size; audio (items of any length) by real-time factor at the nearest clip length,
+    fixed-shape inputs by items per second."""
     f = paths.results / "performance_eval.json"
     if not f.exists():
         return None
     perf = json.loads(f.read_text())
-    if perf.get("backend") != backend:
+    rows = [(i, r) for i, r in enumerate(perf.get("results", [])) if r["batch_size"] == run["batch_size"]]
+    if perf.get("backend") != backend or not rows:
         return None
-    for i, row in enumerate(perf.get("results", [])):
-        if row["batch_size"] == batch:
-            return {"samples_per_s": row["throughput_samples_per_s"], "shapes": row.get("shapes"),
-                    "source": f"performance_eval.json#/results/{i}/throughput_samples_per_s",
-                    "created_utc": perf.get("created_utc")}
-    return None
+    infer = run["infer"]
+    if infer.get("real_time_factor") and all("real_time_factor" in r for _, r in rows):
+        mean_item_s = infer["audio_s"] / run["items"]
+        i, row = min(rows, key=lambda ir: abs(ir[1]["audio_s_per_batch"] / ir[1]["batch_size"] - mean_item_s))
+        basis, value, run_value = "real_time_factor", row["real_time_factor"], infer["real_time_factor"]
+        note = (f"items are clips of {mean_item_s:.1f} s on average; the bench row with the nearest clip length "
+                f"({row['audio_s_per_batch'] / row['batch_size']:.0f} s) is compared by real-time factor")
+    else:
+        i, row = rows[0]
+        basis, value, run_value = "items_per_s", row["throughput_samples_per_s"], infer["end_to_end_items_per_s"]
+        note = "same batch size and input shape"
+    return {"basis": basis, "value": value, "run_value": run_value, "batch_size": row["batch_size"],
+            "shapes": row.get("shapes"), "source": f"performance_eval.json#/results/{i}/"
+            + ("real_time_factor" if basis == "real_time_factor" else "throughput_samples_per_s"),
+            "note": note, "created_utc": perf.get("created_utc")}
 
 
 @cli
@@ -157,7 +169,7 @@ def main(argv=None) -> int:
     runs = [one_run(cfg, paths, backend, sources[:small], work / "run-small", log),
             one_run(cfg, paths, backend, sources, work / "run-full", log)]
     full = runs[-1]
-    ref = model_only(paths, backend, full["batch_size"])
+    ref = model_only(paths, backend, full)
     mem = {stage: {"small_mb": runs[0][stage]["peak_rss_mb"], "full_mb": full[stage]["peak_rss_mb"],
                    "growth_mb": full[stage]["peak_rss_mb"] - runs[0][stage]["peak_rss_mb"],
                    "ratio": full[stage]["peak_rss_mb"] / runs[0][stage]["peak_rss_mb"]} for stage in ("infer", "compare")}
@@ -167,21 +179,27 @@ def main(argv=None) -> int:
         "seed": args.seed, "generator": f"models.{cfg['family']}.generate_sources", "generate_s": gen_s,
         "runs": runs, "memory": mem, "verdict": full["compare"]["verdict"],
         "model_only": ref,
-        "ratio_to_model_only": full["infer"]["end_to_end_items_per_s"] / ref["samples_per_s"] if ref else None,
+        "ratio_to_model_only": ref["run_value"] / ref["value"] if ref else None,
+        "ratio_to_runner_calls": full["infer"]["end_to_end_items_per_s"] / full["infer"]["inference_only_items_per_s"],
         "definitions": {
             "end_to_end_items_per_s": "items (windows for audio) per second of `make infer` wall time after the "
                                       "runner is loaded: decode, preprocess, .npy, inference, postprocess",
             "peak_rss_mb": "peak resident memory of the stage process (wait4 ru_maxrss)",
             "memory.ratio": "peak RSS at COUNT inputs / peak RSS at COUNT/10 inputs (1.0 = flat)",
-            "ratio_to_model_only": "end_to_end_items_per_s / the bench's model-only samples/s at the same batch size"},
+            "ratio_to_model_only": "this run's figure / the bench's model-only figure (model_only.basis: items/s, "
+                                   "or real-time factor for audio), same backend and batch size",
+            "ratio_to_runner_calls": "end_to_end_items_per_s / inference_only_items_per_s of the same run: the share "
+                                     "of wall time the runner is busy"},
     })
     write_json(paths.results / "dataset_run.json", result)
     for stage, m in mem.items():
         log(f"dataset | {stage}: peak RSS {m['small_mb']:.0f} MB at {small} input(s), {m['full_mb']:.0f} MB at "
             f"{args.count} ({m['ratio']:.2f}x)")
-    log(f"dataset | infer {full['infer']['end_to_end_items_per_s']:.2f} items/s end to end"
-        + (f" = {result['ratio_to_model_only']:.1%} of model-only {ref['samples_per_s']:.2f} samples/s" if ref else
-           " (no model-only figure for this backend and batch size: run `make bench`)"))
+    log(f"dataset | infer {full['infer']['end_to_end_items_per_s']:.2f} items/s end to end = "
+        f"{result['ratio_to_runner_calls']:.1%} of its runner calls alone"
+        + (f"; {ref['basis']} {ref['run_value']:.2f} = {result['ratio_to_model_only']:.1%} of the bench's model-only "
+           f"{ref['value']:.2f} ({ref['note']})" if ref else
+           "; no model-only figure for this backend and batch size: run `make bench`"))
     for line in full["verdict_lines"]:
         log(line)
     log(f"dataset | results/{cfg['name']}/dataset_run.json")

@@ -165,8 +165,9 @@ def test_dataset_run_streams_and_leaves_the_main_build_alone(run):
     perf = load(tmp, "performance_eval.json")
     bs = ds["runs"][1]["batch_size"]
     model_only = next(r["throughput_samples_per_s"] for r in perf["results"] if r["batch_size"] == bs)
-    assert ds["model_only"]["samples_per_s"] == model_only
+    assert ds["model_only"]["basis"] == "items_per_s" and ds["model_only"]["value"] == model_only
     assert ds["ratio_to_model_only"] == pytest.approx(ds["runs"][1]["infer"]["end_to_end_items_per_s"] / model_only)
+    assert 0 < ds["ratio_to_runner_calls"] <= 1
     for stage in ("infer", "compare"):
         m = ds["memory"][stage]
         assert 50 < m["small_mb"] < 4000 and 50 < m["full_mb"] < 4000
