@@ -162,6 +162,7 @@ def main(argv=None) -> int:
             "floored_rel_p99": "99th percentile of |t - r| / (|r| + 1e-3 max|r|)",
         },
         "outputs": per_output,
+        "memory_trace": progress.trace,         # resident MB of this process after every 10% of the items
     })
     write_json(paths.results / "accuracy_eval.json", report)
     log(f"{report['verdict']} | {cfg['name']}: {backend} ({target_runner.device}) against onnxruntime CPU fp32; "

@@ -1,8 +1,19 @@
-"""Progress for long runs: a tqdm bar on a terminal, a line every 10% in logs and CI."""
+"""Progress for long runs: a tqdm bar on a terminal, a line every 10% in logs and CI, and the process's
+resident memory at every 10% mark (`trace`), so a long run shows whether memory stays flat."""
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+
+def rss_mb() -> float | None:
+    """Current resident memory of this process in MB (Linux /proc), None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Progress:
@@ -11,6 +22,7 @@ class Progress:
         self.bar = None
         self.next_mark = 0.1
         self.start = time.perf_counter()
+        self.trace: list[dict] = []          # {done, elapsed_s, rss_mb} at every 10% of total
         if sys.stderr.isatty() and total > 1:
             try:
                 from tqdm import tqdm
@@ -23,11 +35,17 @@ class Progress:
         self.n += k
         if self.bar is not None:
             self.bar.update(k)
-        elif self.total >= 50 and self.n / self.total >= self.next_mark:
-            rate = self.n / max(time.perf_counter() - self.start, 1e-9)
-            print(f"{self.desc} | {self.n}/{self.total} {self.unit}s ({rate:.1f}/s)", file=sys.stderr, flush=True)
-            while self.n / self.total >= self.next_mark:
-                self.next_mark += 0.1
+        if self.total <= 0 or self.n / self.total < self.next_mark - 1e-9:
+            return
+        elapsed = time.perf_counter() - self.start
+        rss = rss_mb()
+        self.trace.append({"done": self.n, "elapsed_s": round(elapsed, 3), "rss_mb": rss})
+        if self.bar is None and self.total >= 50:
+            mem = f", RSS {rss:.0f} MB" if rss is not None else ""
+            print(f"{self.desc} | {self.n}/{self.total} {self.unit}s ({self.n / max(elapsed, 1e-9):.1f}/s{mem})",
+                  file=sys.stderr, flush=True)
+        while self.n / self.total >= self.next_mark - 1e-9:
+            self.next_mark += 0.1
 
     def close(self) -> None:
         if self.bar is not None:

@@ -169,9 +169,15 @@ def dataset_table(doc: dict | None) -> list[str]:
         lines.append(f"| real-time factor (audio s per wall s) | {cell(doc, f, '/runs/1/infer/real_time_factor', '{:.1f}')} "
                      f"over {cell(doc, f, '/runs/1/infer/audio_s', '{:.0f}')} s of audio |")
     for stage in ("infer", "compare"):
-        lines.append(f"| {stage} peak RSS (MB) at {small} / {count} inputs | "
+        lines.append(f"| {stage} peak RSS (MB) at {small} / {count} inputs, two processes | "
                      f"{cell(doc, f, f'/memory/{stage}/small_mb', '{:.0f}')} / {cell(doc, f, f'/memory/{stage}/full_mb', '{:.0f}')} "
                      f"({cell(doc, f, f'/memory/{stage}/ratio', '{:.2f}x')}) |")
+        r = get(doc, f"/memory/{stage}/in_run")
+        if r:
+            p = f"/memory/{stage}/in_run"
+            lines.append(f"| {stage} resident MB within the {count}-input run: after {r['first_done']} / most at any "
+                         f"later 10% mark up to {r['end_done']} | {cell(doc, f, p + '/first_mb', '{:.0f}')} / "
+                         f"{cell(doc, f, p + '/max_after_first_mb', '{:.0f}')} ({cell(doc, f, p + '/ratio', '{:.2f}x')}) |")
     lines.append(f"| compare wall time (s), verdict | {cell(doc, f, '/runs/1/compare/wall_s', '{:.1f}')}, "
                  f"**{doc.get('verdict')}** |")
     for name, o in (get(doc, "/runs/1/compare/outputs") or {}).items():

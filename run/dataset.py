@@ -3,7 +3,8 @@
 Runs the two stages as they are (subprocesses, live progress bars) twice: on the first COUNT/10 inputs and on
 all COUNT, each in its own scratch tree under build/<model>/dataset/, so the main build's inputs and outputs
 stay as `make infer` left them. Peak resident memory of each stage process comes from wait4(); equal peaks at
-both sizes show that memory stays flat. Writes results/<model>/dataset_run.json and logs/<model>/dataset.log.
+both sizes, and a flat resident-memory trace within the full run (every 10% of inputs), show that memory does
+not grow with the folder. Writes results/<model>/dataset_run.json and logs/<model>/dataset.log.
 """
 from __future__ import annotations
 
@@ -101,8 +102,8 @@ def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log) -> d
         "infer": {**infer, "end_to_end_items_per_s": timing["end_to_end_items_per_s"],
                   "inference_only_items_per_s": timing["inference_only_items_per_s"],
                   "stage_wall_s": timing["wall_s"], "real_time_factor": timing.get("real_time_factor"),
-                  "audio_s": timing.get("audio_s")},
-        "compare": {**compare, "verdict": acc["verdict"],
+                  "audio_s": timing.get("audio_s"), "memory_trace": timing.get("memory_trace", [])},
+        "compare": {**compare, "verdict": acc["verdict"], "memory_trace": acc.get("memory_trace", []),
                     "outputs": {name: {k: o["summary"][k] for k in ("samples", "failed_samples", "worst_rel_l2",
                                                                       "worst_rel_l2_item", "min_cosine", "median_rel_l2",
                                                                       "worst_samples")}
@@ -111,6 +112,17 @@ def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log) -> d
                           .read_text().splitlines() if ln.startswith(("PASSED |", "FAILED |"))],
         "backend": inf["backend"], "device": inf["device"],
     }
+
+
+def in_run(trace: list[dict]) -> dict | None:
+    """Resident memory within the full run: after the first 10% of the inputs vs the most after that."""
+    marks = [t for t in trace if t.get("rss_mb")]
+    if len(marks) < 2:
+        return None
+    first, rest = marks[0], marks[1:]
+    top = max(rest, key=lambda t: t["rss_mb"])
+    return {"first_done": first["done"], "first_mb": first["rss_mb"], "end_done": marks[-1]["done"],
+            "end_mb": marks[-1]["rss_mb"], "max_after_first_mb": top["rss_mb"], "ratio": top["rss_mb"] / first["rss_mb"]}
 
 
 def model_only(paths: ModelPaths, backend: str, run: dict) -> dict | None:
@@ -172,7 +184,8 @@ def main(argv=None) -> int:
     ref = model_only(paths, backend, full)
     mem = {stage: {"small_mb": runs[0][stage]["peak_rss_mb"], "full_mb": full[stage]["peak_rss_mb"],
                    "growth_mb": full[stage]["peak_rss_mb"] - runs[0][stage]["peak_rss_mb"],
-                   "ratio": full[stage]["peak_rss_mb"] / runs[0][stage]["peak_rss_mb"]} for stage in ("infer", "compare")}
+                   "ratio": full[stage]["peak_rss_mb"] / runs[0][stage]["peak_rss_mb"],
+                   "in_run": in_run(full[stage]["memory_trace"])} for stage in ("infer", "compare")}
     result = provenance.header("dataset", cfg)
     result.update({
         "backend": full["backend"], "device": full["device"], "count": args.count, "small_count": small,
@@ -185,7 +198,9 @@ def main(argv=None) -> int:
             "end_to_end_items_per_s": "items (windows for audio) per second of `make infer` wall time after the "
                                       "runner is loaded: decode, preprocess, .npy, inference, postprocess",
             "peak_rss_mb": "peak resident memory of the stage process (wait4 ru_maxrss)",
-            "memory.ratio": "peak RSS at COUNT inputs / peak RSS at COUNT/10 inputs (1.0 = flat)",
+            "memory.ratio": "peak RSS at COUNT inputs / peak RSS at COUNT/10 inputs, two processes (1.0 = flat)",
+            "memory.in_run": "one process, the full run: resident MB after its first 10% of inputs, and the most "
+                             "at any later 10% mark; ratio = most later / first (1.0 = flat)",
             "ratio_to_model_only": "this run's figure / the bench's model-only figure (model_only.basis: items/s, "
                                    "or real-time factor for audio), same backend and batch size",
             "ratio_to_runner_calls": "end_to_end_items_per_s / inference_only_items_per_s of the same run: the share "
@@ -195,6 +210,10 @@ def main(argv=None) -> int:
     for stage, m in mem.items():
         log(f"dataset | {stage}: peak RSS {m['small_mb']:.0f} MB at {small} input(s), {m['full_mb']:.0f} MB at "
             f"{args.count} ({m['ratio']:.2f}x)")
+        if m["in_run"]:
+            r = m["in_run"]
+            log(f"dataset | {stage}, within the {args.count}-input run: resident {r['first_mb']:.0f} MB after "
+                f"{r['first_done']}, at most {r['max_after_first_mb']:.0f} MB up to {r['end_done']} ({r['ratio']:.2f}x)")
     log(f"dataset | infer {full['infer']['end_to_end_items_per_s']:.2f} items/s end to end = "
         f"{result['ratio_to_runner_calls']:.1%} of its runner calls alone"
         + (f"; {ref['basis']} {ref['run_value']:.2f} = {result['ratio_to_model_only']:.1%} of the bench's model-only "

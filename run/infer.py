@@ -214,8 +214,10 @@ def main(argv=None) -> int:
         "items": n_items, "batches": job.batches, "batch_size": batch_size,
         "end_to_end_items_per_s": n_items / wall if wall > 0 else None,
         "inference_only_items_per_s": n_items / job.t_infer if job.t_infer > 0 else None,
+        "memory_trace": progress.trace,
         "definition": ("items per second of wall time after the runner is loaded (preprocessing, I/O, "
-                       "inference, postprocessing); inference_only counts only runner.infer calls"),
+                       "inference, postprocessing); inference_only counts only runner.infer calls; "
+                       "memory_trace: resident MB of this process after every 10% of the input files"),
     }
     durations = [s["summary"].get("duration_s") for s in samples if isinstance(s["summary"], dict)]
     if durations and all(isinstance(d, (int, float)) for d in durations):

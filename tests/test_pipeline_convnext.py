@@ -172,5 +172,9 @@ def test_dataset_run_streams_and_leaves_the_main_build_alone(run):
         m = ds["memory"][stage]
         assert 50 < m["small_mb"] < 4000 and 50 < m["full_mb"] < 4000
         assert m["ratio"] == pytest.approx(m["full_mb"] / m["small_mb"])
+        trace = ds["runs"][1][stage]["memory_trace"]                 # one mark per 10% of the 6 inputs
+        assert [t["done"] for t in trace] == [1, 2, 3, 4, 5, 6] and all(t["rss_mb"] > 50 for t in trace)
+        assert m["in_run"]["first_mb"] == trace[0]["rss_mb"] and m["in_run"]["end_done"] == 6
+        assert m["in_run"]["ratio"] == pytest.approx(max(t["rss_mb"] for t in trace[1:]) / trace[0]["rss_mb"])
     log = (tmp / "logs" / MODEL / "dataset.log").read_text()
     assert f"PASSED | {MODEL} embedding" in log and "peak RSS" in log

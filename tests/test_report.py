@@ -44,6 +44,8 @@ def test_report_tables_link_every_number(results):
         assert f"over {ds['count']} generated inputs" in md
         assert f"{ds['ratio_to_model_only']:.1%} [↗](dataset_run.json#/ratio_to_model_only)" in md
         assert f"{ds['memory']['infer']['full_mb']:.0f} [↗](dataset_run.json#/memory/infer/full_mb)" in md
+        if ds["memory"]["infer"].get("in_run"):
+            assert f"{ds['memory']['infer']['in_run']['ratio']:.2f}x [↗](dataset_run.json#/memory/infer/in_run/ratio)" in md
     else:
         assert "Dataset-scale run: not run" in md
     combined = (results / "results" / "REPORT.md").read_text()
