@@ -50,8 +50,10 @@ def git_revision() -> str | None:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=5)
+        # results/ and logs/ are the evidence the stages themselves rewrite: not a change of the code
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results", ":(exclude)logs"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     if rev.returncode != 0:
