@@ -1,4 +1,6 @@
 """Progress: a mark at every 10% with the process's resident memory, one line per mark in logs."""
+import mmap
+
 import numpy as np
 
 from pipeline.progress import Progress, rss_mb
@@ -16,10 +18,13 @@ def test_marks_every_tenth_with_resident_memory(capsys):
 
 
 def test_resident_memory_follows_allocation():
+    mm = mmap.mmap(-1, 64 * 2**20)                   # fresh pages: malloc could reuse memory already resident
     before = rss_mb()
-    block = np.ones(64 * 2**20 // 8)                 # 64 MB, touched
+    pages = np.frombuffer(mm, dtype=np.uint8)
+    pages[:] = 1                                     # touch all 64 MB
     assert rss_mb() - before > 50
-    del block
+    del pages
+    mm.close()
 
 
 def test_small_totals_still_trace_but_print_nothing(capsys):
