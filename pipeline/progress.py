@@ -2,17 +2,17 @@
 resident memory at every 10% mark (`trace`), so a long run shows whether memory stays flat."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 
 def rss_mb() -> float | None:
-    """Current resident memory of this process in MB (Linux /proc), None where it cannot be read."""
+    """Current resident memory of this process in MB (psutil, as the bench reads it), None where unreadable."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except Exception:                     # ImportError, psutil.Error: a progress line must never fail a stage
         return None
 
 
