@@ -16,7 +16,7 @@ from pipeline.log import StageLog
 from pipeline.metrics import compare_arrays
 from pipeline.paths import ModelPaths
 from pipeline.progress import Progress
-from run.batching import signature, split, stack
+from pipeline.batching import signature, split, stack
 from run.targets import open_runner, reference_runner
 
 from .explain import explain_output

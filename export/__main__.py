@@ -74,7 +74,7 @@ def simplify(src: Path, dst: Path, timeout: int, log: StageLog) -> None:
 
 
 def run_onnx(path: Path, feeds: dict, cfg: dict) -> dict:
-    from run.runners import OrtRunner
+    from pipeline.runners import OrtRunner
 
     ort_cfg = cfg["onnxruntime"]
     with OrtRunner(path, "ort-cpu", ort_cfg["intra_op_threads"], ort_cfg["graph_optimization"]) as r:

@@ -103,30 +103,48 @@ SCHEMA = {
 _ = NUMBER
 
 
+# configs/*.yaml are the default set (`make all` with no MODEL); configs/more/*.yaml run by name only
+MORE_DIR = CONFIG_DIR / "more"
+
+
 def config_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         return p if p.is_absolute() else (Path.cwd() / p)
-    return CONFIG_DIR / f"{name_or_path}.yaml"
+    more = MORE_DIR / f"{name_or_path}.yaml"
+    return more if more.exists() and not (CONFIG_DIR / f"{name_or_path}.yaml").exists() else CONFIG_DIR / f"{name_or_path}.yaml"
 
 
-def available_models() -> list[str]:
+def default_models() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
+def available_models() -> list[str]:
+    return sorted({p.stem for p in CONFIG_DIR.glob("*.yaml")} | {p.stem for p in MORE_DIR.glob("*.yaml")})
+
+
+_FAMILIES: dict = {}
+
+
 def load_family(family: str, source: str = "config"):
-    try:
-        return importlib.import_module(f"models.{family}")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("models"):
-            raise ConfigError(f"{source}: family '{family}' has no module models/{family}; "
-                              f"use one of: {', '.join(known_families())}") from None
-        raise
+    """The family `models/<family>/`, seen through the contract (models/contract.py)."""
+    from models.contract import Family
+
+    if family not in _FAMILIES:
+        try:
+            module = importlib.import_module(f"models.{family}")
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("models"):
+                raise ConfigError(f"{source}: family '{family}' has no module models/{family}; "
+                                  f"use one of: {', '.join(known_families())}") from None
+            raise
+        _FAMILIES[family] = Family(family, module, source)
+    return _FAMILIES[family]
 
 
 def known_families() -> list[str]:
     return sorted(p.name for p in (ROOT / "models").iterdir()
-                  if p.is_dir() and (p / "__init__.py").exists())
+                  if p.is_dir() and (p / "__init__.py").exists() and not p.name.startswith("_"))
 
 
 def load_config(name_or_path: str) -> dict:
@@ -150,10 +168,9 @@ def load_config(name_or_path: str) -> dict:
     _check_generic(cfg, source)
     family = load_family(cfg["family"], source)
     for section in ("model", "preprocess", "postprocess"):
-        schema = getattr(family, f"{section.upper()}_SCHEMA", {})
+        schema = getattr(family, f"{section.upper()}_SCHEMA")
         cfg[section] = validate(cfg[section], schema, section, source)
-    if hasattr(family, "check_config"):
-        family.check_config(cfg, source)
+    family.check_config(cfg, source)
     cfg["_source"] = source
     cfg["_path"] = str(path)
     return cfg

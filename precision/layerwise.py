@@ -39,7 +39,7 @@ def expose(model, names: list[str]):
 def session(model, threads: int = 0):
     import onnxruntime as ort
 
-    from run.runners import ort_session_options
+    from pipeline.runners import ort_session_options
 
     return ort.InferenceSession(model.SerializeToString(), ort_session_options(threads, "disable"),
                                 providers=["CPUExecutionProvider"])

@@ -21,7 +21,7 @@ from pipeline.log import StageLog
 from pipeline.paths import ModelPaths
 from pipeline.progress import Progress
 
-from .batching import feed_names, fixed_batch, signature, split, stack
+from pipeline.batching import feed_names, fixed_batch, signature, split, stack
 from .targets import open_runner
 
 

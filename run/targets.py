@@ -7,7 +7,7 @@ from convert.backends import BACKENDS, resolved_name
 from pipeline.errors import PipelineError
 from pipeline.paths import ModelPaths
 
-from .runners import OrtRunner, Runner
+from pipeline.runners import OrtRunner, Runner
 
 
 def load_target(cfg: dict, backend: str) -> dict:
@@ -35,7 +35,7 @@ def open_runner(cfg: dict, backend: str, device: int = 0) -> Runner:
         return OrtRunner(paths.onnx_sim, "ort-cpu", ort_cfg["intra_op_threads"], ort_cfg["graph_optimization"])
     if backend == "ort-fp16":
         return OrtRunner(paths.onnx_fp16, "ort-fp16", ort_cfg["intra_op_threads"], ort_cfg["graph_optimization"])
-    from .ais_runner import AisBenchRunner
+    from pipeline.ais_runner import AisBenchRunner
 
     return AisBenchRunner(target, device_id=device, cfg=cfg)
 

@@ -15,8 +15,8 @@ import ais_bench_double as double
 from pipeline.config import SCHEMA
 from pipeline.errors import PipelineError
 from pipeline.schema import validate
-from run import ais_runner
-from run.ais_runner import AisBenchRunner, check_om_path, device_ms, numpy_dtype
+from pipeline import ais_runner
+from pipeline.ais_runner import AisBenchRunner, check_om_path, device_ms, numpy_dtype
 
 
 def cfg_for(in_shape, outputs=("embedding", "peak")):

@@ -17,7 +17,7 @@ from convert.preflight import check_model
 from pipeline import ascend_env as ae
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, PipelineError
-from run import ais_runner
+from pipeline import ais_runner
 
 HERE = Path(__file__).parent
 NPU_SMI = HERE / "data" / "npu_smi"

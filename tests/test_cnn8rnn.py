@@ -16,7 +16,7 @@ from models.cnn8rnn_sed.frontend import log_mel
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.metrics import rel_l2
-from run.runners import OrtRunner, TensorMeta
+from pipeline.runners import OrtRunner, TensorMeta
 
 DATA = Path(__file__).parent / "data"
 REC = DATA / "pluck_32k_mono.wav"
@@ -454,7 +454,7 @@ def test_streamed_decoding_equals_one_shot_resampling(cfg, tmp_path):
     """Blocks of 2^18 frames through soxr's stream = one soxr call on the whole mono mix."""
     import soxr
 
-    from models.cnn8rnn_sed.audio import load_audio
+    from modality.audio import load_audio
 
     rng = np.random.default_rng(7)
     stereo = np.stack([fam.synth_scene(rng, 48000, 12.0), fam.synth_scene(rng, 48000, 12.0)], axis=1)

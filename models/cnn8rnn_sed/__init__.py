@@ -30,7 +30,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.paths import ROOT
 from pipeline.schema import Opt
 
-from .audio import AUDIO_SUFFIXES, load_audio
+from modality.audio import find_audio_files, load_audio
 from .events import detect_events, top_k
 from .frontend import log_mel
 
@@ -92,16 +92,7 @@ def bundled_labels(cfg: dict) -> list[str]:
 
 
 def find_sources(input_arg: str, cfg: dict) -> list[Path]:
-    path = Path(input_arg)
-    if not path.exists():
-        raise PipelineError(f"INPUT {input_arg} does not exist; give an audio file or a folder of WAV/FLAC/OGG files")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise PipelineError(f"INPUT folder {input_arg} holds no audio ({', '.join(AUDIO_SUFFIXES)}); "
-                            "point INPUT at a folder of WAV/FLAC/OGG files")
-    return files
+    return find_audio_files(input_arg)
 
 
 def synth_scene(rng: np.random.Generator, sr: int, seconds: float) -> np.ndarray:
@@ -127,7 +118,7 @@ def generate_sources(cfg: dict, out_dir: Path, count: int | None = None, seed: i
     import soundfile as sf
 
     from pipeline.atomic import atomic_path
-    from .audio import resample
+    from modality.audio import resample
 
     count = count or cfg["infer"]["samples"]
     rng = np.random.default_rng(cfg["infer"]["seed"] if seed is None else seed)

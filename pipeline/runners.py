@@ -75,6 +75,10 @@ class Runner(ABC):
     @abstractmethod
     def get_output_names(self) -> list[str]: ...
 
+    def accepted_batch_sizes(self) -> list[int] | None:
+        """Batch sizes this target runs (built static sizes or dynamic-batch gears), or None for any."""
+        return None
+
     def unsupported(self, shapes: dict) -> str | None:
         """Why this target cannot take inputs of these shapes (a static .om), or None."""
         return None

@@ -61,7 +61,7 @@ def numpy_dtype(datatype) -> str:
         if name is None and text.lstrip("-").isdigit():
             return numpy_dtype(int(text))
     if not name:
-        raise PipelineError(f"unknown ais_bench tensor dtype {datatype!r}; update run/ais_runner.py for this aclruntime")
+        raise PipelineError(f"unknown ais_bench tensor dtype {datatype!r}; update pipeline/ais_runner.py for this aclruntime")
     return name
 
 

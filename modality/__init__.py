@@ -1,0 +1,1 @@
+"""Modality layers shared by model families (host side: NumPy, no torch)."""

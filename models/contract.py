@@ -1,0 +1,151 @@
+"""The family contract, written once: every hook a stage may call on a model family.
+
+A family is `models/<family>/__init__.py` (host side: NumPy only, runs on an Ascend host without torch) plus
+`models/<family>/torch_model.py` (torch side: export and the PyTorch baseline only). Stages never touch the
+modules directly: `pipeline.config.load_family(name)` returns a `Family`, whose attributes are exactly the
+hooks declared here (optional ones fall back to their default) and whose `has(capability)` tells what the
+stages show. `models/README.md` states the same table; `tests/test_contract.py` holds code and text together.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Hook:
+    name: str
+    side: str             # "host" (models/<f>/__init__.py) or "torch" (models/<f>/torch_model.py)
+    required: bool
+    signature: str
+    returns: str
+    default: Any = None   # for optional hooks: a value, or a callable with the hook's signature
+
+
+def _none(*_a, **_k):
+    return None
+
+
+def _empty_list(*_a, **_k):
+    return []
+
+
+def _empty_dict(*_a, **_k):
+    return {}
+
+
+HOOKS: tuple[Hook, ...] = (
+    # --- host side: config ---
+    Hook("MODEL_SCHEMA", "host", False, "dict", "pipeline.schema spec of the config's `model` section", {}),
+    Hook("PREPROCESS_SCHEMA", "host", False, "dict", "spec of the `preprocess` section", {}),
+    Hook("POSTPROCESS_SCHEMA", "host", False, "dict", "spec of the `postprocess` section", {}),
+    Hook("CAPABILITIES", "host", False, "frozenset[str]", "names from contract.CAPABILITIES", frozenset()),
+    Hook("check_config", "host", False, "(cfg, source) -> None", "raises ConfigError (one line)", _none),
+    # --- host side: inputs ---
+    Hook("find_sources", "host", True, "(input_arg, cfg) -> list[Path]",
+         "the accepted files of a file or folder INPUT, sorted; PipelineError if none"),
+    Hook("generate_sources", "host", True, "(cfg, out_dir, count=None, seed=None) -> list[Path]",
+         "deterministic sample files (count defaults to infer.samples, seed to infer.seed)"),
+    Hook("prepare", "host", True, "(source, cfg, input_meta) -> list[dict]",
+         "model-input items {input_name: array, batch dim 1}; keys starting with '_' are context that "
+         "postprocess gets back; PipelineError for a bad file"),
+    Hook("postprocess", "host", True, "(cfg, source, items, meta) -> (summary, arrays)",
+         "items: outputs (+ context) of each prepared item; meta: build/<m>/weights.json; a JSON-able summary "
+         "and named arrays saved as .npy"),
+    Hook("random_input", "host", True, "(name, shape, rng, cfg) -> np.ndarray",
+         "a realistic seeded input of that shape (parity, bench, precision)"),
+    Hook("host_artifacts", "host", False, "(cfg) -> list[str]",
+         "file names in build/<m>/ that prepare/postprocess read (written by export_artifacts); copied with "
+         "the build folder to an Ascend host and into scratch trees", _empty_list),
+    Hook("labels", "host", False, "(cfg, meta) -> list[str] | None",
+         "class names in output order (capability `labels`)", _none),
+    # --- host side: what the stages show ---
+    Hook("bench_extras", "host", False, "(cfg, feeds, model_ms) -> dict",
+         "extra figures of a bench row (front-end cost, audio seconds)", _empty_dict),
+    Hook("frames_from_outputs", "host", False, "(cfg, outputs, frames) -> np.ndarray",
+         "the frame matrix (frames, classes) from one item's raw outputs (capability `frame_output`)", _none),
+    Hook("task_metrics", "host", False, "(cfg, source, ref_items, tgt_items, meta) -> dict",
+         "task figures of one source, target against reference (capability `task_metrics`)", _empty_dict),
+    Hook("task_gate", "host", False, "(cfg, per_source) -> list[dict]",
+         "one verdict per metric family: {name, passed, line, figures, gate} (capability `task_metrics`)",
+         _empty_list),
+    # --- torch side ---
+    Hook("build", "torch", True, "(cfg) -> nn.Module", "the network in eval mode, published module names"),
+    Hook("load_weights", "torch", True, "(model, path, cfg) -> dict",
+         "strict load of a published file or folder; provenance {kind: file, path, sha256, format, ...}"),
+    Hook("apply_standin", "torch", True, "(model, cfg, seed) -> dict",
+         "deterministic stand-in weights with trained-like statistics; {kind: stand-in, seed, rule, ...}"),
+    Hook("default_weights", "torch", False, "(cfg) -> Path | None",
+         "weights to use when neither WEIGHTS= nor weights.dir is given (e.g. shipped in a wheel)", _none),
+    Hook("export_module", "torch", True, "(model, cfg) -> nn.Module",
+         "forward(*inputs in config order) returns the outputs in config order"),
+    Hook("export_artifacts", "torch", False, "(model, cfg, build_dir) -> list[Path]",
+         "extra files the host side needs, written into build_dir", _empty_list),
+    Hook("check_onnx", "torch", False, "(onnx_model, cfg) -> None",
+         "raise PipelineError when the exported graph is wrong for this family", _none),
+)
+
+HOOKS_BY_NAME = {h.name: h for h in HOOKS}
+
+# What a family can declare; each names the contract keys the stages then read.
+CAPABILITIES = {
+    "time_input": "inputs are recordings: every summary has `duration_s` (seconds of audio); infer, dataset and "
+                  "bench report the real-time factor (seconds of audio per second of wall time)",
+    "frame_output": "postprocess returns a `framewise` (frames, classes) array and the summary `frame_hop_s`; "
+                    "frames_from_outputs gives the reference's; the report draws the heat map",
+    "labels": "labels(cfg, meta) gives class names; the summary has `top_k` [{label, score}]",
+    "embedding": "postprocess returns an `embedding` array; the report plots the difference per dimension",
+    "task_metrics": "task_metrics/task_gate give a task-level gate on top of the tensor gate in make compare",
+}
+
+# the keys that capabilities make part of the contract
+DURATION_KEY = "duration_s"
+FRAME_ARRAY = "framewise"
+FRAME_HOP_KEY = "frame_hop_s"
+EMBEDDING_ARRAY = "embedding"
+TOP_K_KEY = "top_k"
+
+
+class Family:
+    """A model family seen through the contract: attributes are hooks, nothing else."""
+
+    def __init__(self, name: str, host_module, source: str = "config"):
+        self.name = name
+        self._host = host_module
+        self._torch = None
+        self._source = source
+        caps = frozenset(getattr(host_module, "CAPABILITIES", frozenset()))
+        unknown = caps - set(CAPABILITIES)
+        if unknown:
+            raise ConfigError(f"models/{name}: unknown capabilities {sorted(unknown)}; "
+                              f"declare some of: {', '.join(CAPABILITIES)}")
+        missing = [h.name for h in HOOKS if h.required and h.side == "host" and not hasattr(host_module, h.name)]
+        if missing:
+            raise ConfigError(f"models/{name}/__init__.py lacks required hooks {missing}; see models/README.md")
+        self.capabilities = caps
+
+    def has(self, capability: str) -> bool:
+        if capability not in CAPABILITIES:
+            raise KeyError(f"'{capability}' is not a capability of the family contract")
+        return capability in self.capabilities
+
+    def _torch_module(self):
+        if self._torch is None:
+            self._torch = importlib.import_module(f"models.{self.name}.torch_model")
+        return self._torch
+
+    def __getattr__(self, name: str) -> Callable | Any:
+        hook = HOOKS_BY_NAME.get(name)
+        if hook is None:
+            raise AttributeError(f"'{name}' is not a hook of the family contract (models/contract.py)")
+        module = self._host if hook.side == "host" else self._torch_module()
+        if hasattr(module, name):
+            return getattr(module, name)
+        if hook.required:
+            where = "__init__.py" if hook.side == "host" else "torch_model.py"
+            raise ConfigError(f"models/{self.name}/{where} lacks the required hook {name}{hook.signature}; "
+                              "see models/README.md")
+        return hook.default
