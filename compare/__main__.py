@@ -13,7 +13,7 @@ from pipeline.atomic import save_npy, write_json
 from pipeline.config import gate_for, load_config
 from pipeline.errors import PipelineError, cli
 from pipeline.log import StageLog
-from pipeline.metrics import compare_arrays
+from pipeline.metrics import compare_arrays, gate_check
 from pipeline.paths import ModelPaths
 from pipeline.progress import Progress
 from pipeline.batching import signature, split, stack
@@ -59,18 +59,7 @@ def iter_reference(paths, manifest, runner, batch_size: int):
 
 
 def check_sample(tgt, ref, gate, comp) -> tuple[dict, list[str]]:
-    m = compare_arrays(tgt, ref, comp["rtol"], comp["atol_scale"])
-    fails = []
-    if m["nonfinite_in_target"]:
-        fails.append(f"{m['nonfinite_in_target']} NaN/Inf where the reference is finite")
-    if not m["rel_l2"] <= gate["max_rel_l2"]:
-        fails.append(f"rel_l2 {m['rel_l2']:.3e} > {gate['max_rel_l2']}")
-    if not m["cosine"] >= gate["min_cosine"]:
-        fails.append(f"cosine {m['cosine']:.7f} < {gate['min_cosine']}")
-    vmax = gate["max_violation_fraction"]
-    if vmax is not None and m["violation_fraction"] > vmax:
-        fails.append(f"violation fraction {m['violation_fraction']:.2e} > {vmax}")
-    return m, fails
+    return gate_check(tgt, ref, gate, comp["rtol"], comp["atol_scale"])
 
 
 def summarize(rows: list[dict], gate: dict) -> dict:

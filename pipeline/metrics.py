@@ -64,3 +64,21 @@ def compare_arrays(a, b, rtol: float = 0.01, atol_scale: float = 0.01) -> dict:
         "nonfinite_in_target": nonfinite,
         "elements": int(b.size),
     }
+
+
+def gate_check(target, reference, gate: dict, rtol: float = 0.01, atol_scale: float = 0.01) -> tuple[dict, list[str]]:
+    """The one accuracy gate (compare, export parity, precision doctor): (metrics, failures; empty = passed).
+
+    gate: max_rel_l2, min_cosine (None = not gated), max_violation_fraction (None = not gated)."""
+    m = compare_arrays(target, reference, rtol, atol_scale)
+    fails = []
+    if m["nonfinite_in_target"]:
+        fails.append(f"{m['nonfinite_in_target']} NaN/Inf where the reference is finite")
+    if not m["rel_l2"] <= gate["max_rel_l2"]:
+        fails.append(f"rel_l2 {m['rel_l2']:.3e} > {gate['max_rel_l2']}")
+    if gate.get("min_cosine") is not None and not m["cosine"] >= gate["min_cosine"]:
+        fails.append(f"cosine {m['cosine']:.7f} < {gate['min_cosine']}")
+    vmax = gate.get("max_violation_fraction")
+    if vmax is not None and m["violation_fraction"] > vmax:
+        fails.append(f"violation fraction {m['violation_fraction']:.2e} > {vmax}")
+    return m, fails
