@@ -10,7 +10,19 @@ class PipelineError(Exception):
 
 
 class ConfigError(PipelineError):
-    pass
+    """A config file, a make variable or a command-line option is wrong."""
+
+
+class InputError(PipelineError):
+    """An input file or folder (INPUT=, a sample) is missing, unreadable or unfit for the model."""
+
+
+class WeightsError(PipelineError):
+    """A checkpoint is missing, unreadable or belongs to another model."""
+
+
+class ToolchainError(PipelineError):
+    """A tool or runtime (ATC, ais_bench, onnxruntime, an NPU) is missing or failed."""
 
 
 def cli(main):
