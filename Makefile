@@ -6,8 +6,9 @@ SHELL := /bin/bash
 .SECONDARY:
 .SECONDEXPANSION:
 
-CONFIGS   := $(sort $(basename $(notdir $(wildcard configs/*.yaml))))
-MODEL     ?= $(CONFIGS)
+DEFAULTS  := $(sort $(basename $(notdir $(wildcard configs/*.yaml))))
+CONFIGS   := $(sort $(DEFAULTS) $(basename $(notdir $(wildcard configs/more/*.yaml))))
+MODEL     ?= $(DEFAULTS)
 BACKEND   ?= auto
 WEIGHTS   ?=
 INPUT     ?=
@@ -23,19 +24,18 @@ export WEIGHTS INPUT DEVICE SOC BACKEND
 ifneq ($(filter-out $(CONFIGS),$(MODEL)),)
 $(error unknown MODEL '$(filter-out $(CONFIGS),$(MODEL))'; available models: $(CONFIGS))
 endif
-ifeq ($(filter $(BACKEND),auto om ort-fp16 ort-cpu),)
-$(error unknown BACKEND '$(BACKEND)'; use one of: auto om ort-fp16 ort-cpu)
+BACKENDS  := auto om ort-fp16 ort-cpu
+ifeq ($(filter $(BACKEND),$(BACKENDS)),)
+$(error unknown BACKEND '$(BACKEND)'; use one of: $(BACKENDS))
 endif
 ifneq ($(filter $(ENV),full host),$(ENV))
 $(error unknown ENV '$(ENV)'; use full (workstation, with torch) or host (Ascend host, no torch))
 endif
 
-# auto = om where ATC is installed, else the ort-fp16 emulation target
-RB := $(if $(filter auto,$(BACKEND)),$(if $(shell command -v atc 2>/dev/null),om,ort-fp16),$(BACKEND))
-
 ENV_STAMP := $(VENV)/.installed-$(ENV)
 PIPE_SRC  := $(wildcard pipeline/*.py)
-family     = $(shell sed -n 's/^family: *//p' configs/$(1).yaml)
+cfgfile    = $(firstword $(wildcard configs/$(1).yaml configs/more/$(1).yaml))
+family     = $(shell sed -n 's/^family: *//p' $(call cfgfile,$(1)))
 FAMILY_SRC = $(wildcard models/$(call family,$(1))/*.py models/$(call family,$(1))/*.txt)
 
 .PHONY: help env export om infer compare bench all test clean distclean doctor preflight precision report dataset FORCE
@@ -55,7 +55,8 @@ help:
 	@echo "  make report     REPORT.md per model and combined, plots; PUBLISH=1 adds the model-card section"
 	@echo "  make precision  where fp16 loses precision, and the keep_dtype fix -> results/<model>/precision_report.md"
 	@echo "  make clean      remove build/ (ONNX, .om, .npy); results/ and logs/ stay"
-	@echo "Variables: MODEL=<$(CONFIGS)> BACKEND=<auto|om|ort-fp16|ort-cpu> (now: $(BACKEND) -> $(RB))"
+	@echo "Variables: MODEL=<one or more of: $(CONFIGS)> (default: $(DEFAULTS))"
+	@echo "           BACKEND=<$(BACKENDS)> (make doctor says what auto does on this machine)"
 	@echo "           WEIGHTS=<file or folder> INPUT=<file or folder> DEVICE=<npu id> SOC=<soc_version>"
 	@echo "           COUNT=<inputs for make dataset, default 1000>"
 	@echo "           ENV=<full|host> (host: no torch, for an Ascend host)"
@@ -80,11 +81,12 @@ $(B)/%/weights.stamp: FORCE | $(ENV_STAMP)
 	@$(PY) -m pipeline.stamp weights --model $*
 $(B)/%/input.stamp: FORCE | $(ENV_STAMP)
 	@$(PY) -m pipeline.stamp input --model $*
-$(B)/%/om.stamp: FORCE | $(ENV_STAMP)
-	@$(PY) -m pipeline.stamp om --model $*
+# what BACKEND means on this machine (pipeline/backends.py): changes when ATC, SOC, an NPU or ais_bench come or go
+$(B)/%/plan-$(BACKEND).stamp: FORCE | $(ENV_STAMP)
+	@$(PY) -m pipeline.backends stamp --model $* --backend $(BACKEND)
 
 # per-stage slices of the config: editing compare.gate reruns compare only
-$(B)/%/cfg.stamp: configs/%.yaml $(PIPE_SRC) | $(ENV_STAMP)
+$(B)/%/cfg.stamp: $$(call cfgfile,$$*) $(PIPE_SRC) | $(ENV_STAMP)
 	@$(PY) -m pipeline.stamp config --model $*
 	@touch $@
 $(B)/%/cfg/export.json $(B)/%/cfg/om.json $(B)/%/cfg/infer.json $(B)/%/cfg/compare.json $(B)/%/cfg/bench.json: $(B)/%/cfg.stamp ;
@@ -98,31 +100,34 @@ $(B)/%/model.sim.onnx: $(B)/%/cfg/export.json $(B)/%/weights.stamp $(PIPE_SRC) $
 	$(PY) -m export --model $*
 endif
 
-$(B)/%/target-$(RB).json: $(B)/%/model.sim.onnx $(B)/%/cfg/om.json $(B)/%/om.stamp $(wildcard convert/*.py) | $(ENV_STAMP)
-	$(PY) -m convert --model $* --backend $(BACKEND)
-
-$(B)/%/infer-$(RB).done: $(B)/%/target-$(RB).json $(B)/%/cfg/infer.json $(B)/%/input.stamp $(wildcard run/*.py) $$(call FAMILY_SRC,$$*) | $(ENV_STAMP)
-	$(PY) -m run.infer --model $* --backend $(RB)
+# stage files are named by the BACKEND asked for; the plan stamp reruns them when its meaning changes here
+BK := $(BACKEND)
+$(B)/%/om-$(BK).done: $(B)/%/model.sim.onnx $(B)/%/cfg/om.json $(B)/%/plan-$(BK).stamp $(wildcard convert/*.py) | $(ENV_STAMP)
+	$(PY) -m convert --model $* --backend $(BK)
 	@touch $@
 
-$(B)/%/compare-$(RB).done: $(B)/%/infer-$(RB).done $(B)/%/cfg/compare.json $(wildcard compare/*.py) | $(ENV_STAMP)
-	$(PY) -m compare --model $* --backend $(RB)
+$(B)/%/infer-$(BK).done: $(B)/%/om-$(BK).done $(B)/%/cfg/infer.json $(B)/%/input.stamp $(wildcard run/*.py) $$(call FAMILY_SRC,$$*) | $(ENV_STAMP)
+	$(PY) -m run.infer --model $* --backend $(BK)
 	@touch $@
 
-$(B)/%/bench-$(RB).done: $(B)/%/target-$(RB).json $(B)/%/cfg/bench.json $(wildcard run/*.py) | $(ENV_STAMP)
-	$(PY) -m run.bench --model $* --backend $(RB)
+$(B)/%/compare-$(BK).done: $(B)/%/infer-$(BK).done $(B)/%/cfg/compare.json $(wildcard compare/*.py) $$(call FAMILY_SRC,$$*) | $(ENV_STAMP)
+	$(PY) -m compare --model $* --backend $(BK)
+	@touch $@
+
+$(B)/%/bench-$(BK).done: $(B)/%/om-$(BK).done $(B)/%/cfg/bench.json $(wildcard run/*.py) $$(call FAMILY_SRC,$$*) | $(ENV_STAMP)
+	$(PY) -m run.bench --model $* --backend $(BK)
 	@touch $@
 
 export:  $(foreach m,$(MODEL),$(B)/$(m)/model.sim.onnx)
-om:      $(foreach m,$(MODEL),$(B)/$(m)/target-$(RB).json)
-infer:   $(foreach m,$(MODEL),$(B)/$(m)/infer-$(RB).done)
-compare: $(foreach m,$(MODEL),$(B)/$(m)/compare-$(RB).done)
-bench:   $(foreach m,$(MODEL),$(B)/$(m)/bench-$(RB).done)
+om:      $(foreach m,$(MODEL),$(B)/$(m)/om-$(BK).done)
+infer:   $(foreach m,$(MODEL),$(B)/$(m)/infer-$(BK).done)
+compare: $(foreach m,$(MODEL),$(B)/$(m)/compare-$(BK).done)
+bench:   $(foreach m,$(MODEL),$(B)/$(m)/bench-$(BK).done)
 all:     compare bench
 
 # a measurement, like bench: always runs; the model-only figure it compares against comes from bench
-dataset: $(foreach m,$(MODEL),$(B)/$(m)/bench-$(RB).done) | $(ENV_STAMP)
-	@rc=0; for m in $(MODEL); do $(PY) -m run.dataset --model $$m --backend $(RB) --count $(COUNT) || rc=1; done; exit $$rc
+dataset: $(foreach m,$(MODEL),$(B)/$(m)/bench-$(BK).done) | $(ENV_STAMP)
+	@rc=0; for m in $(MODEL); do $(PY) -m run.dataset --model $$m --backend $(BK) --count $(COUNT) || rc=1; done; exit $$rc
 
 report: | $(ENV_STAMP)
 	$(PY) -m report --model $(MODEL) $(if $(PUBLISH),--publish,)
@@ -134,7 +139,7 @@ preflight: $(foreach m,$(MODEL),$(B)/$(m)/model.sim.onnx) | $(ENV_STAMP)
 	@rc=0; for m in $(MODEL); do $(PY) -m convert.preflight --model $$m || rc=1; done; exit $$rc
 
 doctor: | $(ENV_STAMP)
-	$(PY) -m pipeline.doctor
+	$(PY) -m pipeline.doctor --model $(MODEL) --backend $(BACKEND)
 
 # ---- tests ----------------------------------------------------------------------------------------
 test: $(VENV)/.installed-full

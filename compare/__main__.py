@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import os
 import sys
 
@@ -16,8 +17,10 @@ from pipeline.log import StageLog
 from pipeline.metrics import compare_arrays, gate_check
 from pipeline.paths import ModelPaths
 from pipeline.progress import Progress
-from pipeline.batching import signature, split, stack
-from run.targets import open_runner, reference_runner
+from pipeline.batching import rows_of, run_rows, signature, split, stack
+from convert.targets import reference_runner
+from pipeline import backends
+from pipeline.config import load_family
 
 from .explain import explain_output
 
@@ -34,13 +37,13 @@ def load_run(paths: ModelPaths, backend: str, cfg: dict):
     return json.loads(manifest_path.read_text()), out_manifest
 
 
-def iter_reference(paths, manifest, runner, batch_size: int):
+def iter_reference(paths, manifest, runner, batch_size: int, pad: str = "repeat"):
     """Yield (item, reference outputs) in manifest order, streaming: consecutive equal-shape items share a batch."""
     names = manifest["feeds"]
 
     def run(chunk):
-        out = runner.infer(stack([f for _, f in chunk], names))
-        for (item, _), res in zip(chunk, split(out, len(chunk))):
+        out, _ = run_rows(runner, stack([f for _, f in chunk], names), pad)
+        for (item, _), res in zip(chunk, split(out, [rows_of(f, names) for _, f in chunk])):
             for name, arr in res.items():
                 save_npy(paths.outputs("reference") / f"{item['id']}.{name}.npy", arr)
             yield item, res
@@ -83,18 +86,51 @@ def summarize(rows: list[dict], gate: dict) -> dict:
     return summary
 
 
+class TaskMetrics:
+    """Collects the items of one source at a time (manifest order) and asks the family for its task figures."""
+
+    def __init__(self, cfg, family, manifest, meta):
+        self.cfg, self.family, self.manifest, self.meta = cfg, family, manifest, meta
+        self.current, self.ref, self.tgt, self.per_source = None, [], [], []
+
+    def add(self, item, ref_out, tgt_out) -> None:
+        if item["source_index"] != self.current:
+            self._flush()
+            self.current = item["source_index"]
+        ctx = item.get("context", {})
+        self.ref.append({**ref_out, **ctx})
+        self.tgt.append({**tgt_out, **ctx})
+
+    def _flush(self) -> None:
+        if self.current is None:
+            return
+        source = self.manifest["sources"][self.current]
+        figs = self.family.task_metrics(self.cfg, Path(source), self.ref, self.tgt, self.meta)
+        self.per_source.append({"source": source, **figs})
+        self.ref, self.tgt = [], []
+
+    def finish(self) -> list[dict]:
+        self._flush()
+        self.current = None
+        return self.per_source
+
+
 @cli
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m compare", description=__doc__)
     ap.add_argument("--model", required=True)
     ap.add_argument("--backend", default=os.environ.get("BACKEND", "auto"))
     args = ap.parse_args(argv)
-    cfg = load_config(args.model)
+    cfg = load_config(args.model, stage="compare")
     paths = ModelPaths(cfg["name"])
-    target_runner = open_runner(cfg, args.backend)      # resolves `auto`, checks the target exists
-    backend = target_runner.backend
+    backend, notes = backends.run_backend(cfg, args.backend)
     log = StageLog(paths.logs / "accuracy_eval.log")
-    manifest, _ = load_run(paths, backend, cfg)
+    for note in notes:
+        log(f"compare | {cfg['name']} | {note}")
+    manifest, out_manifest = load_run(paths, backend, cfg)
+    family = load_family(cfg["family"])
+    weights_meta = json.loads((paths.build / "weights.json").read_text())
+    tasks = TaskMetrics(cfg, family, manifest, weights_meta) if family.has("task_metrics", cfg) else None
     comp = cfg["compare"]
     outputs = [t["name"] for t in cfg["outputs"]]
     gates = {name: gate_for(cfg, name) for name in outputs}
@@ -102,16 +138,21 @@ def main(argv=None) -> int:
     progress = Progress(len(manifest["items"]), "compare", unit="item")
     with reference_runner(cfg) as ref_runner:
         ref_desc = ref_runner.describe()
-        for item, ref_out in iter_reference(paths, manifest, ref_runner, cfg["infer"]["batch_size"]):
+        for item, ref_out in iter_reference(paths, manifest, ref_runner, cfg["infer"]["batch_size"],
+                                            cfg["infer"].get("pad", "repeat")):
+            tgt_out = {}
             for name in outputs:
                 tgt = np.load(paths.outputs(backend) / "items" / f"{item['id']}.{name}.npy")
                 ref = ref_out[name]
+                tgt_out[name] = tgt
                 if tgt.shape != ref.shape:
                     raise PipelineError(f"output {name} of item {item['id']}: shape {tgt.shape} vs reference "
                                         f"{ref.shape}; rebuild the target with `make om infer BACKEND={backend}`")
                 m, fails = check_sample(tgt, ref, gates[name], comp)
                 rows[name].append({"item": item["id"], "source": manifest["sources"][item["source_index"]],
                                    "passed": not fails, "failures": fails, **m})
+            if tasks:
+                tasks.add(item, ref_out, tgt_out)
             progress.update()
     progress.close()
 
@@ -137,11 +178,19 @@ def main(argv=None) -> int:
             worst = ", ".join(f"{w['item']} {w['rel_l2']:.2e}" for w in summary["worst_samples"])
             log(f"  worst | {name} by rel_l2: {worst}")
 
-    weights_meta = json.loads((paths.build / "weights.json").read_text())
+    task = None
+    if tasks:
+        verdicts = family.task_gate(cfg, tasks.finish())
+        for v in verdicts:
+            all_pass &= bool(v["passed"])
+            log(f"{'PASSED' if v['passed'] else 'FAILED'} | {cfg['name']} task {v['name']}: {backend} vs ort-cpu fp32: "
+                f"{v['line']}")
+        task = {"verdicts": verdicts, "per_source": tasks.per_source}
     report = provenance.header("compare", cfg)
     report.update({
         "verdict": "PASSED" if all_pass else "FAILED",
-        "target": target_runner.describe() if backend != "om" else {"backend": "om", "device": target_runner.device},
+        "target": {"backend": backend, "device": out_manifest.get("device", backends.get(backend).device_kind),
+                   **({"runner": out_manifest["runner"]} if "runner" in out_manifest else {})},
         "reference": ref_desc, "weights": weights_meta,
         "inputs_manifest_sha256": provenance.sha256_file(paths.inputs / "manifest.json"),
         "metric_definitions": {
@@ -151,10 +200,11 @@ def main(argv=None) -> int:
             "floored_rel_p99": "99th percentile of |t - r| / (|r| + 1e-3 max|r|)",
         },
         "outputs": per_output,
+        **({"task": task} if task else {}),
         "memory_trace": progress.trace,         # resident MB of this process after every 10% of the items
     })
     write_json(paths.results / "accuracy_eval.json", report)
-    log(f"{report['verdict']} | {cfg['name']}: {backend} ({target_runner.device}) against onnxruntime CPU fp32; "
+    log(f"{report['verdict']} | {cfg['name']}: {backend} ({report['target']['device']}) against onnxruntime CPU fp32; "
         f"results/{cfg['name']}/accuracy_eval.json")
     log.save()
     return 0 if all_pass else 1

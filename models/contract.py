@@ -43,6 +43,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("PREPROCESS_SCHEMA", "host", False, "dict", "spec of the `preprocess` section", {}),
     Hook("POSTPROCESS_SCHEMA", "host", False, "dict", "spec of the `postprocess` section", {}),
     Hook("CAPABILITIES", "host", False, "frozenset[str]", "names from contract.CAPABILITIES", frozenset()),
+    Hook("capabilities", "host", False, "(cfg) -> frozenset[str]",
+         "per-config capabilities, for families whose configs differ (a classifier or an embedding head)", None),
     Hook("check_config", "host", False, "(cfg, source) -> None", "raises ConfigError (one line)", _none),
     # --- host side: inputs ---
     Hook("find_sources", "host", True, "(input_arg, cfg) -> list[Path]",
@@ -92,8 +94,9 @@ HOOKS_BY_NAME = {h.name: h for h in HOOKS}
 
 # What a family can declare; each names the contract keys the stages then read.
 CAPABILITIES = {
-    "time_input": "inputs are recordings: every summary has `duration_s` (seconds of audio); infer, dataset and "
-                  "bench report the real-time factor (seconds of audio per second of wall time)",
+    "time_input": "inputs are recordings: every summary has `duration_s` (seconds of audio), bench_extras returns "
+                  "`audio_s_per_batch` and `real_time_factor`; infer, dataset and bench report the real-time "
+                  "factor (seconds of audio per second of wall time)",
     "frame_output": "postprocess returns a `framewise` (frames, classes) array and the summary `frame_hop_s`; "
                     "frames_from_outputs gives the reference's; the report draws the heat map",
     "labels": "labels(cfg, meta) gives class names; the summary has `top_k` [{label, score}]",
@@ -103,6 +106,8 @@ CAPABILITIES = {
 
 # the keys that capabilities make part of the contract
 DURATION_KEY = "duration_s"
+AUDIO_PER_BATCH_KEY = "audio_s_per_batch"
+RTF_KEY = "real_time_factor"
 FRAME_ARRAY = "framewise"
 FRAME_HOP_KEY = "frame_hop_s"
 EMBEDDING_ARRAY = "embedding"
@@ -127,10 +132,14 @@ class Family:
             raise ConfigError(f"models/{name}/__init__.py lacks required hooks {missing}; see models/README.md")
         self.capabilities = caps
 
-    def has(self, capability: str) -> bool:
+    def has(self, capability: str, cfg: dict | None = None) -> bool:
+        """Whether the family (for this config, when it declares per-config capabilities) has `capability`."""
         if capability not in CAPABILITIES:
             raise KeyError(f"'{capability}' is not a capability of the family contract")
-        return capability in self.capabilities
+        caps = self.capabilities
+        if cfg is not None and hasattr(self._host, "capabilities"):
+            caps = frozenset(self._host.capabilities(cfg))
+        return capability in caps
 
     def _torch_module(self):
         if self._torch is None:

@@ -1,7 +1,18 @@
-"""Group prepared items into batches of equal shapes, and pad/split for fixed-batch targets."""
+"""Batches: group prepared items of equal shapes, and run any number of rows on any target.
+
+The one batching rule (infer, compare, bench's pipeline figure and the dataset run all use `run_rows`):
+a target that takes any batch size gets the rows as they come; a target with built sizes (static per-batch
+.om files, or dynamic-batch gears) gets runs of those sizes only. Full runs use the largest size; a short rest
+is padded up to the smallest size that holds it (repeating the last row, or zeros: `infer.pad`), or split into
+smaller built sizes, whichever costs fewer device runs: padding takes one run, and splitting takes one only
+when the rest is itself a built size, so a rest is run as is when it is built and padded otherwise. Padded rows'
+outputs are dropped, so results count only real items.
+"""
 from __future__ import annotations
 
 import numpy as np
+
+PAD_MODES = ("repeat", "zeros")
 
 
 def feed_names(cfg: dict) -> list[str]:
@@ -12,18 +23,59 @@ def signature(item: dict, names: list[str]) -> tuple:
     return tuple((n, item[n].shape[1:], str(item[n].dtype)) for n in names)
 
 
-def stack(items: list[dict], names: list[str], pad_to: int | None = None) -> dict:
-    feeds = {n: np.concatenate([it[n] for it in items], axis=0) for n in names}
-    if pad_to and pad_to > len(items):
-        feeds = {n: np.concatenate([a, np.zeros((pad_to - len(items), *a.shape[1:]), a.dtype)]) for n, a in feeds.items()}
-    return feeds
+def stack(items: list[dict], names: list[str]) -> dict:
+    return {n: np.concatenate([it[n] for it in items], axis=0) for n in names}
 
 
-def split(outputs: dict, count: int) -> list[dict]:
-    return [{k: v[i:i + 1] for k, v in outputs.items()} for i in range(count)]
+def rows_of(item: dict, names: list[str]) -> int:
+    return int(item[names[0]].shape[0])
 
 
-def fixed_batch(input_meta) -> int | None:
-    dims = {m.shape[0] for m in input_meta if m.shape}
-    dims.discard(None)
-    return dims.pop() if len(dims) == 1 else None
+def split(outputs: dict, counts) -> list[dict]:
+    """Outputs of stacked items back into items; `counts` = rows per item (an int n means n items of 1 row)."""
+    counts = [1] * counts if isinstance(counts, int) else list(counts)
+    edges = np.cumsum([0, *counts])
+    return [{k: v[a:b] for k, v in outputs.items()} for a, b in zip(edges[:-1], edges[1:])]
+
+
+def plan_runs(rows: int, sizes: list[int] | None) -> list[tuple[int, int]]:
+    """(real rows, run size) per device run for `rows` rows; sizes None = any batch size (one run)."""
+    if rows <= 0:
+        return []
+    if not sizes:
+        return [(rows, rows)]
+    sizes = sorted(set(sizes))
+    runs = []
+    while rows >= sizes[-1]:
+        runs.append((sizes[-1], sizes[-1]))
+        rows -= sizes[-1]
+    if rows:   # the rest: one run of the smallest built size that holds it (splitting never takes fewer runs)
+        runs.append((rows, next(s for s in sizes if s >= rows)))
+    return runs
+
+
+def pad_rows(feeds: dict, size: int, mode: str = "repeat") -> dict:
+    out = {}
+    for n, a in feeds.items():
+        extra = size - a.shape[0]
+        if extra <= 0:
+            out[n] = a
+            continue
+        fill = np.repeat(a[-1:], extra, axis=0) if mode == "repeat" else np.zeros((extra, *a.shape[1:]), a.dtype)
+        out[n] = np.concatenate([a, fill])
+    return out
+
+
+def run_rows(runner, feeds: dict, pad: str = "repeat") -> tuple[dict, int]:
+    """Run stacked feeds through `runner` by the batching rule; (outputs of the real rows, device runs)."""
+    total = next(iter(feeds.values())).shape[0]
+    plan = plan_runs(total, runner.accepted_batch_sizes())
+    if len(plan) == 1 and plan[0][0] == plan[0][1] == total:
+        return runner.infer(feeds), 1
+    parts, start = [], 0
+    for real, size in plan:
+        chunk = {n: a[start:start + real] for n, a in feeds.items()}
+        out = runner.infer(pad_rows(chunk, size, pad))
+        parts.append({k: v[:real] for k, v in out.items()})
+        start += real
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, len(plan)

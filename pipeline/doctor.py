@@ -14,9 +14,6 @@ from .atomic import write_json
 from .errors import cli
 from .paths import ROOT
 
-NO_ASCEND = "no NPU/CANN here: the pipeline will use the CPU targets"
-
-
 def collect() -> dict:
     toolkit = ae.find_toolkit()
     return {"toolkit": toolkit, "atc": ae.find_atc(toolkit), "npu": ae.probe_npus(),
@@ -77,23 +74,42 @@ def report_lines(env: dict) -> list[str]:
     return out
 
 
+def stage_lines(models: list[str], requested: str) -> tuple[list[str], dict]:
+    """What each stage does with BACKEND=requested for each model: the stages' own function (pipeline.backends)."""
+    from . import backends
+    from .config import load_config
+
+    lines, plans = [], {}
+    for name in models:
+        p, m = backends.stage_plan(load_config(name), requested)
+        plans[name] = {"build": list(p.build), "run": p.run, "notes": list(p.notes), "soc": m.soc,
+                       "soc_from": m.soc_from}
+        lines += [f"doctor | {name}: {line}" for line in backends.describe_plan(p, requested)]
+    return lines, plans
+
+
 @cli
 def main(argv=None) -> int:
+    import argparse
+
+    from .config import default_models
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.doctor")
+    ap.add_argument("--model", nargs="*", default=None)
+    ap.add_argument("--backend", default=os.environ.get("BACKEND", "auto"))
+    args = ap.parse_args(argv)
     env = collect()
     for line in report_lines(env):
         print(line)
     missing = missing_lines(env)
     for line in missing:
         print(line)
-    if not env["npu"]["chips"] or not env["atc"]["path"]:
-        print(f"doctor | {NO_ASCEND} (BACKEND=auto builds ort-fp16; results say backend ort-fp16/ort-cpu, "
-              "device cpu)" + ("; ATC alone can still build .om files here with SOC=<soc>" if env["atc"]["path"] else ""))
-    elif not env["ais_bench"]["importable"]:
-        print("doctor | NPU and ATC found: `make om BACKEND=om` works; infer/compare/bench need ais_bench")
-    else:
-        print("doctor | ready: make om infer compare bench BACKEND=om DEVICE=0")
+    lines, plans = stage_lines(args.model or default_models(), args.backend)
+    for line in lines:
+        print(line)
     report = provenance.header("doctor")
-    report.update({**env, "missing": missing, "ready_for_om": bool(env["atc"]["path"]),
+    report.update({**env, "missing": missing, "stage_plans": {"backend": args.backend, "models": plans},
+                   "ready_for_om": bool(env["atc"]["path"]),
                    "ready_for_npu": bool(env["npu"]["chips"] and env["ais_bench"]["importable"])})
     out = Path(os.environ.get("PIPELINE_RESULTS_DIR") or ROOT / "results") / "env_info.json"
     write_json(out, report)

@@ -12,7 +12,9 @@ import numpy as np
 
 from pipeline import SCHEMA_VERSION
 from pipeline.atomic import write_text
-from pipeline.config import available_models, load_config, load_family
+from models.contract import EMBEDDING_ARRAY, FRAME_ARRAY, FRAME_HOP_KEY
+from pipeline import backends
+from pipeline.config import available_models, default_models, load_config, load_family
 from pipeline.errors import cli
 from pipeline.paths import ModelPaths
 
@@ -51,16 +53,17 @@ def model_plots(cfg, paths, docs) -> list[tuple[str, Path]]:
     family = load_family(cfg["family"])
     item = sample["items"][0]
     try:
-        if "framewise" in arrays and len(sample["items"]) == 1 and hasattr(family, "frames_from_segments"):
-            tgt = np.load(tgt_dir / arrays["framewise"]["file"])
-            seg = np.load(ref_dir / f"{item}.segmentwise_output.npy")[0]
-            ref = family.frames_from_segments(seg, tgt.shape[0])
-            labels = (json.loads((paths.build / "weights.json").read_text()).get("labels")
-                      or family.bundled_labels(cfg))
-            out.append(("Frame-level probabilities of the top classes, reference and target, detected events in cyan",
+        if family.has("frame_output", cfg) and FRAME_ARRAY in arrays and len(sample["items"]) == 1:
+            tgt = np.load(tgt_dir / arrays[FRAME_ARRAY]["file"])
+            ref_out = {t["name"]: np.load(ref_dir / f"{item}.{t['name']}.npy") for t in cfg["outputs"]}
+            ref = family.frames_from_outputs(cfg, ref_out, tgt.shape[0])
+            meta = json.loads((paths.build / "weights.json").read_text())
+            labels = family.labels(cfg, meta) if family.has("labels", cfg) else None
+            labels = labels or [str(i) for i in range(tgt.shape[1])]
+            out.append(("Frame-level outputs of the top classes, reference and target, detected events in cyan",
                         plots.audio_heatmap(tgt, ref, labels, sample["summary"].get("events", []),
-                                            sample["summary"].get("frame_hop_s", 0.01), d / "frames_heatmap.png")))
-        elif "embedding" in arrays:
+                                            sample["summary"].get(FRAME_HOP_KEY, 0.01), d / "frames_heatmap.png")))
+        elif family.has("embedding", cfg) and EMBEDDING_ARRAY in arrays:
             name = cfg["outputs"][0]["name"]
             out.append(("Embedding difference per dimension, first sample",
                         plots.embedding_difference(np.load(tgt_dir / "items" / f"{item}.{name}.npy"),
@@ -113,7 +116,7 @@ def publish(cfg, paths, docs) -> Path:
     """Model-card section with the evidence as text, and the proof files in the layout platforms expect."""
     acc, perf = docs["accuracy_eval"], docs["performance_eval"]
     backend = (acc or {}).get("target", {}).get("backend") or (perf or {}).get("backend")
-    on_npu = backend == "om"
+    on_npu = backend in backends.REGISTRY and backends.get(backend).device_kind == "npu"
     out = paths.results / "publish"
     front = ["---", "hardware: NPU", "tags:", "  - NPU", "  - Ascend", "  - ascend-npu",
              f"evidence_backend: {backend or 'none'}", f"evidence_device: {'npu' if on_npu else 'cpu'}", "---", "",
@@ -144,7 +147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", nargs="*", default=None)
     ap.add_argument("--publish", action="store_true")
     args = ap.parse_args(argv)
-    models = args.model or available_models()
+    models = args.model or [m for m in available_models()
+                            if m in default_models() or ModelPaths(m).results.exists()]
     rows = []
     env_info = None
     for m in models:

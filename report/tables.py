@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CPU_BACKENDS = {"ort-fp16", "ort-cpu"}
-
 
 def get(doc: dict | None, pointer: str):
     """Value at a JSON pointer (/a/b/0), or None."""
@@ -32,12 +30,14 @@ def cell(doc, file: str, pointer: str, fmt: str = "{:.3g}") -> str:
 
 
 def device_label(backend: str | None, device: str | None) -> str:
-    if backend in CPU_BACKENDS:
-        what = "fp16 emulation" if backend == "ort-fp16" else "fp32"
-        return f"CPU ({backend}, onnxruntime {what}; not an NPU)"
-    if backend == "om":
-        return f"Ascend NPU ({device})"
-    return "not run"
+    from pipeline import backends
+
+    b = backends.REGISTRY.get(backend or "")
+    if b is None:
+        return "not run"
+    if b.device_kind == "npu":
+        return f"Ascend NPU ({device}; {b.what})"
+    return f"CPU ({backend}: {b.what}; not an NPU)"
 
 
 def environment(docs: dict, env_info: dict | None) -> list[str]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -18,7 +17,7 @@ from pipeline.errors import PipelineError, cli
 from pipeline.log import StageLog
 from pipeline.paths import ModelPaths
 
-from .targets import open_runner
+from convert.targets import open_runner
 
 
 class PeakRss:
@@ -84,20 +83,19 @@ def measure(call, warmup: int, runs: int, batch: int) -> dict:
             "elapsed_s": elapsed, "peak_rss_mb": mem.peak_mb, "latencies_ms": times}
 
 
-def torch_baseline(cfg, paths):
+def torch_baseline(cfg, paths, family):
     """PyTorch eager on the same weights, or (None, reason) where torch is not installed."""
     try:
         import torch
     except ImportError:
         return None, "torch is not installed on this host (an Ascend host needs none): no PyTorch baseline"
-    family_torch = importlib.import_module(f"models.{cfg['family']}.torch_model")
     meta = json.loads((paths.build / "weights.json").read_text())
-    model = family_torch.build(cfg)
+    model = family.build(cfg)
     if meta.get("kind") == "stand-in":
-        family_torch.apply_standin(model, cfg, meta["seed"])
+        family.apply_standin(model, cfg, meta["seed"])
     else:
-        family_torch.load_weights(model, meta["path"], cfg)
-    module = family_torch.export_module(model.eval(), cfg)
+        family.load_weights(model, meta["path"], cfg)
+    module = family.export_module(model.eval(), cfg)
     torch.set_num_threads(os.cpu_count() or 1)
 
     def make_call(feeds):
@@ -153,12 +151,15 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default=os.environ.get("BACKEND", "auto"))
     ap.add_argument("--device", type=int, default=int(os.environ.get("DEVICE", "0") or 0))
     args = ap.parse_args(argv)
-    cfg = load_config(args.model)
+    cfg = load_config(args.model, stage="bench")
     paths = ModelPaths(cfg["name"])
     family = load_family(cfg["family"])
     bcfg = cfg["bench"]
-    runner = open_runner(cfg, args.backend, args.device)
+    notes = []
+    runner = open_runner(cfg, args.backend, args.device, log=notes.append)
     log = StageLog(paths.logs / f"bench-{runner.backend}.log")
+    for note in notes:
+        log(f"bench | {note}")
     rows, feeds_per_row, skipped = [], [], []
     cases = bcfg["shapes"] or [{}]
     with runner:       # the backend first, alone in memory
@@ -186,8 +187,7 @@ def main(argv=None) -> int:
                     d = device_ms[-bcfg["runs"]:]
                     row["device_compute_ms"] = latency_stats(d)
                     row["ais_bench_throughput"] = 1000.0 * bs / float(np.mean(d))
-                if hasattr(family, "bench_extras"):
-                    row.update(family.bench_extras(cfg, feeds, res["latency_ms"]["mean"]))
+                row.update(family.bench_extras(cfg, feeds, res["latency_ms"]["mean"]))
                 rows.append(row)
                 feeds_per_row.append(feeds)
         pipeline = pipeline_throughput(cfg, family, runner, paths, rows, log) if bcfg["pipeline_sources"] else None
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
 
     baseline, baseline_desc = (None, "disabled in the config")
     if bcfg["torch_baseline"]:
-        baseline, baseline_desc = torch_baseline(cfg, paths)
+        baseline, baseline_desc = torch_baseline(cfg, paths, family)
     for row, feeds in zip(rows, feeds_per_row):
         res, bs = row, row["batch_size"]
         line = (f"bench | {cfg['name']} {runner.backend} bs={bs} {row['shapes']}: "

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from convert.backends import resolved_name
+from convert.targets import load_target
+from pipeline import backends
 from pipeline import provenance
 from pipeline.atomic import write_json, write_text
 from pipeline.config import load_config, load_family
@@ -25,9 +26,7 @@ from pipeline.errors import PipelineError, cli
 from pipeline.log import StageLog
 from pipeline.paths import ROOT, ModelPaths
 
-from .targets import load_target
-
-MODEL_FILES = ("model.sim.onnx", "model.fp16.onnx", "weights.json", "frontend.npz")
+MODEL_FILES = ("model.sim.onnx", "model.fp16.onnx", "weights.json")
 
 
 def generate(cfg: dict, family, folder: Path, count: int, seed: int) -> list[Path]:
@@ -53,11 +52,11 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def scratch_tree(paths: ModelPaths, backend: str, root: Path, sources: list[Path]) -> dict:
+def scratch_tree(paths: ModelPaths, backend: str, root: Path, sources: list[Path], host_files=()) -> dict:
     """A build/results/logs tree holding this model's built target and a folder with `sources`."""
     shutil.rmtree(root, ignore_errors=True)
     build = root / "build" / paths.model
-    for name in (*MODEL_FILES, f"target-{backend}.json"):
+    for name in (*MODEL_FILES, *host_files, f"target-{backend}.json"):
         if (paths.build / name).exists():
             _link(paths.build / name, build / name)
     for src in sources:
@@ -81,7 +80,7 @@ def run_stage(argv: list[str], env: dict) -> dict:
 
 
 def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log) -> dict:
-    env = scratch_tree(paths, backend, root, sources)
+    env = scratch_tree(paths, backend, root, sources, load_family(cfg["family"]).host_artifacts(cfg))
     model = cfg["name"]
     py = [sys.executable, "-m"]
     log(f"dataset | {len(sources)} input(s): make infer, then make compare ({root})")
@@ -125,7 +124,7 @@ def in_run(trace: list[dict]) -> dict | None:
             "end_mb": marks[-1]["rss_mb"], "max_after_first_mb": top["rss_mb"], "ratio": top["rss_mb"] / first["rss_mb"]}
 
 
-def model_only(paths: ModelPaths, backend: str, run: dict) -> dict | None:
+def model_only(paths: ModelPaths, backend: str, run: dict, time_input: bool) -> dict | None:
     """The bench's model-only figure to hold this run against, from results/<model>/performance_eval.json:
     same backend and batch size; audio (items of any length) by real-time factor at the nearest clip length,
     fixed-shape inputs by items per second."""
@@ -137,7 +136,7 @@ def model_only(paths: ModelPaths, backend: str, run: dict) -> dict | None:
     if perf.get("backend") != backend or not rows:
         return None
     infer = run["infer"]
-    if infer.get("real_time_factor") and all("real_time_factor" in r for _, r in rows):
+    if time_input and infer.get("real_time_factor"):
         mean_item_s = infer["audio_s"] / run["items"]
         i, row = min(rows, key=lambda ir: abs(ir[1]["audio_s_per_batch"] / ir[1]["batch_size"] - mean_item_s))
         basis, value, run_value = "real_time_factor", row["real_time_factor"], infer["real_time_factor"]
@@ -167,12 +166,14 @@ def main(argv=None) -> int:
     small = args.small or max(1, args.count // 10)
     if not 1 <= small < args.count:
         raise PipelineError(f"--small {small} must be at least 1 and below COUNT={args.count}")
-    cfg = load_config(args.model)
+    cfg = load_config(args.model, stage="dataset")
     paths = ModelPaths(cfg["name"])
-    backend = resolved_name(args.backend)
+    backend, notes = backends.run_backend(cfg, args.backend)
     load_target(cfg, backend)                     # one clear line when `make om` has not run
     family = load_family(cfg["family"])
     log = StageLog(paths.logs / "dataset.log")
+    for note in notes:
+        log(f"dataset | {note}")
     work = paths.build / "dataset"
     log(f"dataset | {cfg['name']} on {backend}: generating {args.count} input(s), seed {args.seed}")
     t0 = time.perf_counter()
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
     runs = [one_run(cfg, paths, backend, sources[:small], work / "run-small", log),
             one_run(cfg, paths, backend, sources, work / "run-full", log)]
     full = runs[-1]
-    ref = model_only(paths, backend, full)
+    ref = model_only(paths, backend, full, family.has("time_input", cfg))
     mem = {stage: {"small_mb": runs[0][stage]["peak_rss_mb"], "full_mb": full[stage]["peak_rss_mb"],
                    "growth_mb": full[stage]["peak_rss_mb"] - runs[0][stage]["peak_rss_mb"],
                    "ratio": full[stage]["peak_rss_mb"] / runs[0][stage]["peak_rss_mb"],

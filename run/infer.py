@@ -21,8 +21,9 @@ from pipeline.log import StageLog
 from pipeline.paths import ModelPaths
 from pipeline.progress import Progress
 
-from pipeline.batching import feed_names, fixed_batch, signature, split, stack
-from .targets import open_runner
+from convert.targets import open_runner
+from models.contract import DURATION_KEY
+from pipeline.batching import feed_names, rows_of, run_rows, signature, split, stack
 
 
 def prefetch(fn, sources, depth: int):
@@ -63,8 +64,8 @@ class InferRun:
         self.names = feed_names(cfg)
         self.batch_size = batch_size
         self.input_meta = runner.get_input_metadata()
-        fixed = fixed_batch(self.input_meta)
-        self.pad_to = fixed if fixed else (batch_size if runner.backend == "om" else None)
+        self.pad = cfg["infer"].get("pad", "repeat")
+        self.device_runs = 0
         self.pending: dict[tuple, list] = {}
         self.open_sources: dict[int, dict] = {}
         self.items_manifest, self.samples = [], []
@@ -104,12 +105,13 @@ class InferRun:
             self.run_batch(self.pending.pop(sig))
 
     def run_batch(self, batch: list) -> None:
-        feeds = stack([b[3] for b in batch], self.names, self.pad_to)
+        feeds = stack([b[3] for b in batch], self.names)
         t0 = time.perf_counter()
-        out = self.runner.infer(feeds)
+        out, runs = run_rows(self.runner, feeds, self.pad)
         self.t_infer += time.perf_counter() - t0
         self.batches += 1
-        for (item_id, idx, k, _item, context), res in zip(batch, split(out, len(batch))):
+        self.device_runs += runs
+        for (item_id, idx, k, _item, context), res in zip(batch, split(out, [rows_of(b[3], self.names) for b in batch])):
             for name, arr in res.items():
                 save_npy(self.outputs_dir / "items" / f"{item_id}.{name}.npy", arr)
             state = self.open_sources[idx]
@@ -156,13 +158,16 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=0)
     args = ap.parse_args(argv)
 
-    cfg = load_config(args.model)
+    cfg = load_config(args.model, stage="infer")
     paths = ModelPaths(cfg["name"])
     family = load_family(cfg["family"])
-    runner = open_runner(cfg, args.backend, args.device)
+    notes = []
+    runner = open_runner(cfg, args.backend, args.device, log=notes.append)
     backend = runner.backend
     weights_meta = load_weights_meta(paths, cfg)
     log = StageLog(paths.logs / f"infer-{backend}.log")
+    for note in notes:
+        log(f"infer | {note}")
     batch_size = args.batch_size or cfg["infer"]["batch_size"]
 
     if args.input:
@@ -198,7 +203,8 @@ def main(argv=None) -> int:
                     "sources": [str(s) for s in sources], "items": job.items_manifest}
         write_json(inputs_stage / "manifest.json", manifest)
         manifest_sha = provenance.sha256_file(inputs_stage / "manifest.json")
-        write_json(outputs_stage / "manifest.json", {"backend": backend, "inputs_manifest_sha256": manifest_sha,
+        write_json(outputs_stage / "manifest.json", {"backend": backend, "device": runner.device,
+                                                     "runner": runner.describe(), "inputs_manifest_sha256": manifest_sha,
                                                      "outputs": [t["name"] for t in cfg["outputs"]],
                                                      "items": [it["id"] for it in job.items_manifest]})
         _swap_dir(inputs_stage, paths.inputs)
@@ -211,7 +217,8 @@ def main(argv=None) -> int:
     samples = sorted(job.samples, key=lambda s: s["index"])
     timing = {
         "runner_load_s": load_s, "wall_s": wall, "preprocess_s": t_prep, "inference_s": job.t_infer, "postprocess_s": job.t_post,
-        "items": n_items, "batches": job.batches, "batch_size": batch_size,
+        "items": n_items, "batches": job.batches, "device_runs": job.device_runs, "batch_size": batch_size,
+        "accepted_batch_sizes": runner.accepted_batch_sizes(), "pad": job.pad,
         "end_to_end_items_per_s": n_items / wall if wall > 0 else None,
         "inference_only_items_per_s": n_items / job.t_infer if job.t_infer > 0 else None,
         "memory_trace": progress.trace,
@@ -219,8 +226,8 @@ def main(argv=None) -> int:
                        "inference, postprocessing); inference_only counts only runner.infer calls; "
                        "memory_trace: resident MB of this process after every 10% of the input files"),
     }
-    durations = [s["summary"].get("duration_s") for s in samples if isinstance(s["summary"], dict)]
-    if durations and all(isinstance(d, (int, float)) for d in durations):
+    if family.has("time_input", cfg):
+        durations = [s["summary"][DURATION_KEY] for s in samples]
         timing["audio_s"] = float(sum(durations))
         timing["real_time_factor"] = float(sum(durations)) / wall if wall > 0 else None
         timing["real_time_factor_definition"] = "seconds of audio per second of wall time (higher is faster)"
