@@ -3,7 +3,10 @@
 Follows the ais_bench API as its source defines it (shared/reference/ascend-ais-bench.md): feeds are a
 Python list of C-contiguous arrays with exactly the dtype and byte size of get_inputs() (ais_bench passes a
 host pointer and a byte count, it never casts); the mode string matches how the .om was built; device times
-come from summary() (2024+) or sumary() (2023), whose exec_time_list holds (start, end) pairs or durations.
+come from summary() (2023-11 on) or sumary() (before), whose exec_time_list holds (start, end) pairs or durations;
+the summary is reset with reset_summaryinfo() or, before 2023-11, reset_sumaryinfo().
+Before 2023-09-08 infer() has no dymbatch branch (it ignores `mode`): a dynamic-batch .om would run at its largest
+gear, so the batch is set first with the session's set_dynamic_batchsize(n), as that version's CLI does.
 OM output names are ATC's (node based), so outputs are named by the config's output order.
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.ascend_env import ais_bench_api, ais_bench_flavour, api_label
 from pipeline.errors import PipelineError
 from pipeline.paths import ROOT, ModelPaths
 
@@ -33,6 +37,11 @@ _ENUM_ORDER = ["float32", "float16", "int8", "int32", "uint8", None, "int16", "u
 PATH_OK = re.compile(r"^[A-Za-z0-9_./-]+$")
 OM_MAX_BYTES = 10 * 2**30                     # ais_bench's OM_MODEL_MAX_SIZE
 ATC_ADDED_INPUTS = ("ascend_mbatch_shape_data", "ascend_dynamic")   # name prefixes of ATC's gear inputs
+UPGRADE = ("upgrade ais_bench and aclruntime (pip3 install -v --force-reinstall "
+           "'git+https://gitee.com/ascend/tools.git#egg=aclruntime&subdirectory=ais-bench_workload/tool/ais_bench/backend'"
+           " then the same with "
+           "'#egg=ais_bench&subdirectory=ais-bench_workload/tool/ais_bench'), or build per-batch .om files "
+           "(atc.batch_mode: static)")
 MODES = ("static", "dymbatch", "dymhw", "dymdims", "dymshape")
 
 session_factory = None      # tests inject a double here (or pass session_factory=); None = the real ais_bench
@@ -129,6 +138,7 @@ class AisBenchRunner(Runner):
         self.records = {om["batch"]: om for om in target["oms"]}
         self.oms = {b: self._om_file(build, om["path"]) for b, om in self.records.items()}
         self.sessions: dict = {}
+        self.apis: dict = {}          # session key -> pipeline.ascend_env.ais_bench_api() of that session
         self.factory = session_factory
         self.cfg_inputs = {t["name"] for t in cfg["inputs"]} if cfg else None
         self.cfg_outputs = [t["name"] for t in cfg["outputs"]] if cfg else None
@@ -156,6 +166,7 @@ class AisBenchRunner(Runner):
                 raise PipelineError(f"ais_bench cannot load {path} on device {self.device_id}: {_first_line(exc)}; "
                                     "check `npu-smi info` (device id, health) and that the runtime CANN is not "
                                     "older than the toolkit that built the .om") from None
+            self.apis[batch] = ais_bench_api(self.sessions[batch])
         return self.sessions[batch]
 
     def _deactivate(self) -> None:
@@ -166,6 +177,7 @@ class AisBenchRunner(Runner):
             if callable(free):
                 free()
         self.sessions.clear()
+        self.apis.clear()
 
     # ---- inference --------------------------------------------------------------------------------
     def _pick(self, feeds: dict):
@@ -219,9 +231,11 @@ class AisBenchRunner(Runner):
             raise PipelineError(f"the om target records mode '{mode}'; rerun `make om BACKEND=om`")
         sess = self._session(key)
         arrays = self._feeds(sess, feeds, mode, gears)
-        reset = getattr(sess, "reset_summaryinfo", None)
-        if callable(reset):
-            reset()
+        api = self.apis[key]
+        if api["reset"]:
+            getattr(sess, api["reset"])()
+        if mode == "dymbatch" and api["infer_dymbatch"] is not True:     # False before 2023-09-08, None unknown
+            self._set_batch(sess, api, _dynamic_batch(sess, arrays, self.cfg_inputs), gears)
         try:
             if mode == "dymshape":
                 outs = sess.infer(arrays, mode=mode, custom_sizes=self._custom_sizes(sess))
@@ -230,9 +244,23 @@ class AisBenchRunner(Runner):
         except Exception as exc:  # ais_bench / ACL errors: one line
             raise PipelineError(f"ais_bench infer failed ({mode}, shapes {[list(a.shape) for a in arrays]}): "
                                 f"{_first_line(exc)}; see the ACL log under ~/ascend/log") from None
-        summary = sess.summary() if hasattr(sess, "summary") else sess.sumary()
-        self.last_device_ms = device_ms(summary)
+        self.last_device_ms = device_ms(getattr(sess, api["summary"])()) if api["summary"] else None
         return dict(zip(self._output_names(sess, len(outs)), [np.asarray(o) for o in outs]))
+
+    def _set_batch(self, sess, api: dict, batch: int, gears: list) -> None:
+        """Dynamic batch where infer() has no dymbatch branch: the lower-level setter (int), as the 2023 CLI does.
+        Without a setter only ACL's default, the largest gear, runs."""
+        if not api["set_dynamic_batchsize"]:
+            if (gears and batch == max(gears)) or api["infer_dymbatch"] is None:
+                return                        # the default gear, or an infer() that may handle dymbatch itself
+            raise PipelineError(f"ais_bench {_installed_version()} cannot run this dynamic-batch .om at batch {batch}: "
+                                "its infer() has no dymbatch mode and its session has no set_dynamic_batchsize; "
+                                + UPGRADE)
+        try:
+            sess.set_dynamic_batchsize(batch)
+        except Exception as exc:  # aclruntime raises RuntimeError for a batch that is no gear
+            raise PipelineError(f"ais_bench set_dynamic_batchsize({batch}) failed: {_first_line(exc)}; use a gear "
+                                "of the .om (make om records them in target-om.json)") from None
 
     def _custom_sizes(self, sess) -> list[int] | int:
         """Output buffer bytes for dymshape: the target's custom_sizes, else the descriptors' sizes, else 64 MiB."""
@@ -281,24 +309,49 @@ class AisBenchRunner(Runner):
             return f"dims {dyn} match no gear of the .om ({gears})"
         return None
 
+    def accepted_batch_sizes(self) -> list[int] | None:
+        """Built per-batch sizes, or the gears of the dynamic-batch .om (None when its gears are not recorded)."""
+        if None in self.oms:
+            gears = sorted({int(g) for g in self.records[None].get("gears") or []})
+            api = self.apis.get(None)
+            if gears and api and api["infer_dymbatch"] is False and not api["set_dynamic_batchsize"]:
+                return gears[-1:]             # no way to choose a gear: ACL's default, the largest
+            return gears or None
+        return sorted(self.oms)
+
     def get_output_names(self) -> list[str]:
         if self.cfg_outputs:
             return list(self.cfg_outputs)
         return [o.name for o in self._session(next(iter(self.oms))).get_outputs()]
 
     def describe(self) -> dict:
-        from pipeline.ascend_env import ais_bench_flavour
-
         ais = ais_bench_flavour()
         sess = next(iter(self.sessions.values()), None)
+        api = next(iter(self.apis.values()), None)
+        label = api_label(api, ais.get("interface_check")) if api else ais["flavour"]
         return {"backend": "om", "device": self.device,
                 "runtime": f"ais_bench {ais['ais_bench'] or '?'} / aclruntime {ais['aclruntime'] or '?'} "
-                           f"(API {ais['flavour'] or 'unknown'})",
+                           f"(API {label or 'unknown'})",
+                "ais_bench_api": api,
                 "soc_version": self.target.get("soc_version"), "cann_version": self.target.get("cann_version"),
                 "precision": self.target.get("precision"),
                 "oms": [{k: om.get(k) for k in ("batch", "mode", "gears", "path", "bytes", "sha256")}
                         for om in self.target["oms"]],
                 "om_output_names": [o.name for o in sess.get_outputs()] if sess is not None else None}
+
+
+def _dynamic_batch(sess, arrays: list, cfg_names: set | None) -> int:
+    """The feed's size on the first negative descriptor dim (how ais_bench's own _dymbatch_prepare finds it)."""
+    descs = [d for d in sess.get_inputs() if not _hidden(d.name, cfg_names)]
+    for d, arr in zip(descs, arrays):
+        for want, got in zip(d.shape, arr.shape):
+            if int(want) < 0:
+                return int(got)
+    return int(arrays[0].shape[0])
+
+
+def _installed_version() -> str:
+    return ais_bench_flavour()["ais_bench"] or "(version unknown)"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -254,9 +254,66 @@ def _dist_version(*names: str) -> str | None:
     return None
 
 
+LIST_ONLY = re.compile(r"check_(?:all_)?list\(\s*feeds")      # interface_check on infer()'s feeds, 2024-11 on
+
+
+def _source(func) -> str | None:
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):
+        return None
+
+
+def ais_bench_api(session) -> dict:
+    """Features of an ais_bench InferSession class or live session, by introspection only (nothing runs on the NPU):
+    spelling of summary()/sumary() and reset_summaryinfo()/reset_sumaryinfo(), whether infer() handles `dymbatch`
+    (`infer_mode_switch`/_dymbatch_prepare since 2023-09-08; absent in 2023 before), the lower-level
+    set_dynamic_batchsize, list-only feeds (check_list(feeds), 2024-11 on), free_resource, finalize kind.
+    None = could not tell (no source)."""
+    cls = session if isinstance(session, type) else type(session)
+    switch = getattr(session, "infer_mode_switch", None) if not isinstance(session, type) else None
+    infer_src = _source(getattr(cls, "infer", None))
+    if isinstance(switch, dict):
+        dymbatch = "dymbatch" in switch
+    elif hasattr(cls, "_dymbatch_prepare"):
+        dymbatch = True
+    else:
+        dymbatch = None if infer_src is None else "dymbatch" in infer_src
+    fin = inspect.getattr_static(cls, "finalize", None)
+    try:
+        out_array = "out_array" in inspect.signature(cls.infer).parameters
+    except (AttributeError, TypeError, ValueError):
+        out_array = None
+    return {"summary": "summary" if hasattr(session, "summary") else "sumary" if hasattr(session, "sumary") else None,
+            "reset": next((n for n in ("reset_summaryinfo", "reset_sumaryinfo") if hasattr(session, n)), None),
+            "infer_dymbatch": dymbatch, "set_dynamic_batchsize": hasattr(session, "set_dynamic_batchsize"),
+            "list_only_feeds": None if infer_src is None else bool(LIST_ONLY.search(infer_src)),
+            "infer_out_array": out_array, "free_resource": hasattr(session, "free_resource"),
+            "finalize": None if fin is None else ("static" if isinstance(fin, staticmethod) else "instance")}
+
+
+def api_label(api: dict, interface_check: bool | None) -> str:
+    """`sumary, infer without dymbatch` ... `summary, dymbatch, interface_check, list-only feeds`: features only."""
+    parts = [api["summary"] or "no summary", {True: "dymbatch", False: "infer without dymbatch",
+                                              None: "dymbatch unknown"}[api["infer_dymbatch"]]]
+    parts += ["interface_check"] * bool(interface_check) + ["list-only feeds"] * bool(api["list_only_feeds"])
+    return ", ".join(parts)
+
+
+def api_era(api: dict, interface_check: bool | None) -> str:
+    """The upstream period these features match (from the features, for the reader)."""
+    if api["infer_dymbatch"] is False:
+        return "before 2023-09-08"
+    if api["summary"] == "sumary":
+        return "2023-09-08 .. 2023-10"
+    if api["list_only_feeds"]:
+        return "2024-11 or later"
+    return "2024-06 .. 2024-11" if interface_check else "2023-11 .. 2024-06"
+
+
 def ais_bench_flavour() -> dict:
-    """Whether ais_bench/aclruntime import, and which API flavour: 2023 (sumary() only, instance finalize),
-    2024 (summary(), free_resource, static finalize), 2025 (2024 + interface_check: list-only feeds)."""
+    """Whether ais_bench/aclruntime import, and the API flavour: a label built from the features present
+    (ais_bench_api), never from a version number or year."""
     out = {"ais_bench": _dist_version("ais_bench", "ais-bench"), "aclruntime": _dist_version("aclruntime"),
            "importable": False, "flavour": None}
     try:
@@ -265,18 +322,15 @@ def ais_bench_flavour() -> dict:
         msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         out["import_error"] = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
         return out
-    out["importable"] = True
-    out["has_summary"] = hasattr(InferSession, "summary")
-    out["has_sumary_only"] = not out["has_summary"] and hasattr(InferSession, "sumary")
-    out["has_free_resource"] = hasattr(InferSession, "free_resource")
-    out["has_reset_summaryinfo"] = hasattr(InferSession, "reset_summaryinfo")
-    fin = inspect.getattr_static(InferSession, "finalize", None)
-    out["finalize"] = None if fin is None else ("static" if isinstance(fin, staticmethod) else "instance")
+    api = ais_bench_api(InferSession)
     try:
         checks = importlib.util.find_spec("ais_bench.infer.interface_check") is not None
     except (ImportError, ValueError):
         checks = False
-    out["flavour"] = "2023" if not out["has_summary"] else ("2025" if checks else "2024")
+    out.update(importable=True, has_summary=api["summary"] == "summary", has_sumary_only=api["summary"] == "sumary",
+               has_free_resource=api["free_resource"], has_reset_summaryinfo=api["reset"] == "reset_summaryinfo",
+               finalize=api["finalize"], interface_check=checks, api=api,
+               flavour=api_label(api, checks), era=api_era(api, checks))
     return out
 
 

@@ -1,6 +1,7 @@
-"""AisBenchRunner against the ais_bench test double (tests/ais_bench_double.py) in its 2023/2024/2025 flavours:
-list feeds cast to the descriptor dtype, per-batch / dymbatch / dymdims .om files, both timing forms,
-free_resource, output naming, one-line errors, ais_bench's path rules."""
+"""AisBenchRunner against the ais_bench test double (tests/ais_bench_double.py) in each generation (2023-early,
+2023-late, 2024, 2025): list feeds cast to the descriptor dtype, per-batch / dymbatch / dymdims .om files at every
+accepted batch size (the 2023-early dymbatch through set_dynamic_batchsize), both timing forms and summary
+spellings, free_resource, output naming, one-line errors, ais_bench's path rules; and the double's own rules."""
 import hashlib
 import json
 import os
@@ -67,7 +68,7 @@ def per_batch(tmp_path):
                                          "cann_version": "8.0.RC3", "precision": "force_fp16"}
 
 
-@pytest.mark.parametrize("flavour", ["2023", "2024", "2025"])
+@pytest.mark.parametrize("flavour", double.GENERATIONS)
 def test_per_batch_oms_in_every_flavour(per_batch, flavour, monkeypatch):
     monkeypatch.setitem(double.FLAVOUR, "name", flavour)
     cfg, target = per_batch
@@ -85,7 +86,8 @@ def test_per_batch_oms_in_every_flavour(per_batch, flavour, monkeypatch):
     np.testing.assert_array_equal(out["peak"], x32.max(axis=(2, 3)))
     assert isinstance(first_ms, float) and first_ms >= 0 and r.last_device_ms >= 0
     calls = double.FakeInferSession.calls
-    assert [c[0] for c in calls] == ["init", "init", "infer", "infer"] + (["free", "free"] if flavour != "2023" else [])
+    frees = [] if flavour == "2023-early" else ["free", "free"]               # free_resource since 2023-09-11
+    assert [c[0] for c in calls] == ["init", "init", "infer", "infer"] + frees
     assert [c[1:] for c in calls if c[0] == "infer"] == [("static", [[2, 3, 4, 4]]), ("static", [[1, 3, 4, 4]])]
     assert [c[1] for c in calls if c[0] == "init"] == [5, 5]
     assert ("finalize",) not in calls
@@ -288,3 +290,195 @@ def test_describe_reports_files_and_versions(per_batch):
     assert [(o["batch"], o["sha256"]) for o in d["oms"]] == [(o["batch"], o["sha256"]) for o in target["oms"]]
     assert d["runtime"].startswith("ais_bench ? / aclruntime ?")           # not installed here: the double ran
     assert os.path.basename(d["oms"][0]["path"]) == "m_bs1.om"
+
+
+# ---- every generation, every accepted batch size ------------------------------------------------------
+def dynamic_batch(tmp_path, gears=(8, 1, 4)):
+    om = write_om(tmp_path / "om", "m_dynbs", ["batch", 3, 4, 4], mode="dymbatch", desc_shape=[-1, 3, 4, 4],
+                  gears=gears)
+    return cfg_for(["batch", 3, 4, 4]), {"backend": "om", "oms": [record(om, None, "dymbatch", gears)]}
+
+
+def static_batches(tmp_path, sizes=(4, 1, 2)):
+    oms = [record(write_om(tmp_path / "om", f"m_bs{b}", [b, 3, 4, 4]), b) for b in sizes]
+    return cfg_for(["batch", 3, 4, 4]), {"backend": "om", "oms": oms}
+
+
+def test_accepted_batch_sizes_for_both_kinds(tmp_path):
+    assert AisBenchRunner(static_batches(tmp_path)[1], cfg=cfg_for(["batch", 3, 4, 4])).accepted_batch_sizes() == [
+        1, 2, 4]
+    cfg, target = dynamic_batch(tmp_path)
+    assert AisBenchRunner(target, cfg=cfg).accepted_batch_sizes() == [1, 4, 8]
+    target["oms"][0]["gears"] = []
+    assert AisBenchRunner(target, cfg=cfg).accepted_batch_sizes() is None      # gears not recorded: not limited
+
+
+@pytest.mark.parametrize("kind", ["static", "dymbatch"])
+@pytest.mark.parametrize("generation", double.GENERATIONS)
+def test_every_generation_runs_every_accepted_size(tmp_path, monkeypatch, generation, kind):
+    monkeypatch.setitem(double.FLAVOUR, "name", generation)
+    cfg, target = (static_batches if kind == "static" else dynamic_batch)(tmp_path)
+    rng = np.random.default_rng(1)
+    with AisBenchRunner(target, cfg=cfg) as r:
+        sizes = r.accepted_batch_sizes()
+        assert sizes == ([1, 2, 4] if kind == "static" else [1, 4, 8])
+        for b in sizes:
+            x = rng.normal(size=(b, 3, 4, 4)).astype(np.float32)
+            out = r.infer({"x": x})
+            np.testing.assert_allclose(out["embedding"], x.mean(axis=(2, 3)), rtol=1e-5)
+            np.testing.assert_array_equal(out["peak"], x.max(axis=(2, 3)))
+            assert r.last_device_ms is not None and r.last_device_ms >= 0
+            sess = r.sessions[None if kind == "dymbatch" else b]
+            summary = sess.sumary() if generation.startswith("2023") else sess.summary()
+            assert len(summary.exec_time_list) == 1                           # reset before every run
+        with pytest.raises(PipelineError) as e:                              # a size it has not built: one line
+            r.infer({"x": np.zeros((3, 3, 4, 4), np.float32)})
+        assert "\n" not in str(e.value) and str(e.value).startswith(
+            "no .om for batch 3; built batch sizes: [1, 2, 4]" if kind == "static" else
+            "batch 3 is not a gear of this dynamic-batch .om [8, 1, 4]")
+    calls = double.FakeInferSession.calls
+    infers = [c[1:] for c in calls if c[0] == "infer"]
+    assert [s[0][0] for _, s in infers] == sizes
+    assert {m for m, _ in infers} == {kind}
+    setter = [c[1] for c in calls if c[0] == "set_dynamic_batchsize"]
+    assert setter == ([] if kind == "static" else sizes)     # the runner on 2023-early, infer() itself later
+    assert all(type(n) is int for n in setter)
+
+
+def test_2023_early_without_the_setter_runs_the_largest_gear_only(tmp_path, capsys):
+    """What the runner avoids: ais_bench before 2023-09-08 ignores mode='dymbatch' (no branch, no check)."""
+    cfg, target = dynamic_batch(tmp_path)
+    sess = double.session_class("2023-early")(0, target["oms"][0]["path"])
+    assert sess.get_inputs()[0].size == 8 * 48 * 4                           # the descriptor is the largest gear
+    assert sess.infer([np.ones((8, 3, 4, 4), np.float32)], mode="dymbatch")[0].shape == (8, 3)
+    with pytest.raises(RuntimeError, match=r"^\[-1\]\[ACL: general failure\] "):
+        sess.infer([np.ones((4, 3, 4, 4), np.float32)], mode="dymbatch")
+    assert "[ERROR] Check i:0 name:x in size:768 needsize:1536 not match" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        sess.set_dynamic_batchsize("4")                                      # pybind11 int, as the CLI passes
+    with pytest.raises(RuntimeError, match=r"^\[1\]\[ACL: invalid parameter\] "):
+        sess.set_dynamic_batchsize(3)
+    assert "[ERROR] the dymBatch parameter is not correct" in capsys.readouterr().out
+    sess.set_dynamic_batchsize(4)
+    assert sess.infer([np.ones((4, 3, 4, 4), np.float32)], mode="anything")[0].shape == (4, 3)
+    assert isinstance(sess.sumary().exec_time_list[-1], float)               # durations, not pairs
+
+
+@pytest.mark.parametrize("generation,has,lacks", [
+    ("2023-early", ["sumary", "reset_sumaryinfo", "set_dynamic_batchsize"],
+     ["summary", "reset_summaryinfo", "free_resource", "infer_mode_switch"]),
+    ("2023-late", ["sumary", "reset_sumaryinfo", "free_resource", "infer_mode_switch"],
+     ["summary", "reset_summaryinfo"]),
+    ("2024", ["summary", "reset_summaryinfo", "free_resource"], ["sumary", "reset_sumaryinfo"]),
+    ("2025", ["summary", "reset_summaryinfo", "free_resource"], ["sumary", "reset_sumaryinfo"])])
+def test_double_spells_each_generation(tmp_path, generation, has, lacks):
+    om = str(write_om(tmp_path, "m_bs1", [1, 3, 4, 4]))
+    sess = double.session_class(generation)(0, om)
+    assert all(callable(getattr(sess, n)) or n == "infer_mode_switch" for n in has)
+    for name in lacks:
+        with pytest.raises(AttributeError):
+            getattr(sess, name)()
+    x = np.zeros((1, 3, 4, 4), np.float32)
+    if generation == "2023-early":
+        with pytest.raises(TypeError, match="out_array"):
+            sess.infer([x], out_array=True)                                  # 9d6da90 has no out_array
+        assert sess.infer([x], mode="dynbatch")[0].shape == (1, 3)           # no mode check at all
+    elif generation == "2025":
+        with pytest.raises(ValueError, match="the list be checked is not a list!"):
+            sess.infer((x,))
+        with pytest.raises(ValueError, match="infer mode is illegal, Please check."):
+            sess.infer([x], mode="dynbatch")
+    else:
+        assert sess.infer((x,))[0].shape == (1, 3)                           # tuples pass before 2024-11
+        with pytest.raises(RuntimeError, match=r'^wrong infer_mode:dynbatch, only support "static","dymbatch"'):
+            sess.infer([x], mode="dynbatch")
+    sess.infer([x])
+    pairs = generation != "2023-early"
+    times = (sess.sumary() if generation.startswith("2023") else sess.summary()).exec_time_list
+    assert isinstance(times[-1], tuple) is pairs
+
+
+class NoBatchSetter:
+    """A session whose infer() ignores mode and that has no set_dynamic_batchsize (no known release)."""
+
+    def __init__(self, device_id, path):
+        self.inner = double.session_class("2023-early")(device_id, path)
+
+    def get_inputs(self):
+        return self.inner.get_inputs()
+
+    def get_outputs(self):
+        return self.inner.get_outputs()
+
+    def infer(self, feeds, mode="static", custom_sizes=100000):
+        return self.inner.infer(feeds, mode, custom_sizes)
+
+    def sumary(self):
+        return self.inner.sumary()
+
+
+def test_dynamic_batch_without_any_way_to_set_it_is_refused(tmp_path):
+    cfg, target = dynamic_batch(tmp_path)
+    with AisBenchRunner(target, cfg=cfg, session_factory=NoBatchSetter) as r:
+        assert r.accepted_batch_sizes() == [8]
+        assert r.infer({"x": np.ones((8, 3, 4, 4), np.float32)})["embedding"].shape == (8, 3)   # the largest gear
+        with pytest.raises(PipelineError) as e:
+            r.infer({"x": np.ones((4, 3, 4, 4), np.float32)})
+    msg = str(e.value)
+    assert msg.startswith("ais_bench (version unknown) cannot run this dynamic-batch .om at batch 4: its infer() has "
+                          "no dymbatch mode and its session has no set_dynamic_batchsize; upgrade ais_bench and "
+                          "aclruntime (pip3 install -v --force-reinstall 'git+https://gitee.com/ascend/tools.git")
+    assert msg.endswith("or build per-batch .om files (atc.batch_mode: static)") and "\n" not in msg
+
+
+def test_setter_failure_is_one_line(tmp_path, monkeypatch):
+    """Gears not recorded in the target: the 2023 setter itself rejects a batch that is no gear."""
+    monkeypatch.setitem(double.FLAVOUR, "name", "2023-early")
+    cfg, target = dynamic_batch(tmp_path)
+    target["oms"][0]["gears"] = []
+    with AisBenchRunner(target, cfg=cfg) as r:
+        with pytest.raises(PipelineError) as e:
+            r.infer({"x": np.ones((3, 3, 4, 4), np.float32)})
+    assert str(e.value) == ("ais_bench set_dynamic_batchsize(3) failed: AclError: [1][ACL: invalid parameter]; use a "
+                            "gear of the .om (make om records them in target-om.json)")
+
+
+@pytest.mark.parametrize("generation", ["2023-early", "2025"])
+def test_batching_rule_pads_to_gears(tmp_path, monkeypatch, generation):
+    """pipeline.batching.run_rows over the runner's accepted sizes: 6 rows on gears [1, 4, 8] run as one padded 8."""
+    from pipeline.batching import run_rows
+
+    monkeypatch.setitem(double.FLAVOUR, "name", generation)
+    cfg, target = dynamic_batch(tmp_path)
+    x = np.random.default_rng(2).normal(size=(6, 3, 4, 4)).astype(np.float32)
+    with AisBenchRunner(target, cfg=cfg) as r:
+        out, runs = run_rows(r, {"x": x})
+    assert runs == 1 and out["embedding"].shape == (6, 3)
+    np.testing.assert_allclose(out["embedding"], x.mean(axis=(2, 3)), rtol=1e-5)
+    assert [c[2][0][0] for c in double.FakeInferSession.calls if c[0] == "infer"] == [8]
+
+
+@pytest.mark.parametrize("generation", double.GENERATIONS)
+def test_dymdims_in_every_generation(tmp_path, monkeypatch, generation):
+    """Audio .om with --dynamic_dims gears: every generation's infer() sets the dims from the feed shapes."""
+    monkeypatch.setitem(double.FLAVOUR, "name", generation)
+    om = write_om(tmp_path / "om", "a_bs1", [1, 1, "frames", 8], mode="dymdims", desc_shape=[1, 1, -1, 8],
+                  dims_gears=[[11], [21]])
+    with AisBenchRunner({"oms": [record(om, 1, "dymdims", [[11], [21]])]}, cfg=cfg_for(["batch", 1, "frames", 8])) as r:
+        assert r.accepted_batch_sizes() == [1]
+        for frames in (21, 11):
+            x = np.arange(frames * 8, dtype=np.float32).reshape(1, 1, frames, 8)
+            np.testing.assert_allclose(r.infer({"x": x})["embedding"], x.mean(axis=(2, 3)), rtol=1e-6)
+    assert [c[1:] for c in double.FakeInferSession.calls if c[0] == "infer"] == [
+        ("dymdims", [[1, 1, 21, 8]]), ("dymdims", [[1, 1, 11, 8]])]
+
+
+@pytest.mark.parametrize("generation,label", [("2023-early", "sumary, infer without dymbatch"),
+                                              ("2024", "summary, dymbatch")])
+def test_describe_labels_the_api_by_features(per_batch, monkeypatch, generation, label):
+    monkeypatch.setitem(double.FLAVOUR, "name", generation)
+    cfg, target = per_batch
+    with AisBenchRunner(target, cfg=cfg) as r:
+        d = r.describe()
+    assert d["runtime"] == f"ais_bench ? / aclruntime ? (API {label})"
+    assert d["ais_bench_api"]["reset"] == ("reset_sumaryinfo" if generation == "2023-early" else "reset_summaryinfo")

@@ -14,6 +14,7 @@ from pipeline import ascend_env as ae
 from pipeline import doctor
 
 DATA = Path(__file__).parent / "data"
+CN = "convnext_base_clip_laion2b"
 SMI = DATA / "npu_smi"
 
 
@@ -174,21 +175,54 @@ def fake_ais_bench(tmp_path, monkeypatch):
                                           f"InferSession = d.session_class({flavour!r})\n")
         if flavour == "2025":
             (pkg / "interface_check.py").write_text("")
-        for m in [m for m in sys.modules if m.startswith("ais_bench")]:
+        for m in [m for m in sys.modules if m == "ais_bench" or m.startswith("ais_bench.")]:
             monkeypatch.delitem(sys.modules, m)
         monkeypatch.syspath_prepend(str(root))
+        return pkg
     yield install
     for m in [m for m in sys.modules if m.startswith("ais_bench.") or m == "ais_bench"]:
         del sys.modules[m]
 
 
-@pytest.mark.parametrize("flavour,summary,free,finalize", [
-    ("2023", False, False, "instance"), ("2024", True, True, "static"), ("2025", True, True, "static")])
-def test_ais_bench_flavour(fake_ais_bench, flavour, summary, free, finalize):
-    fake_ais_bench(flavour)
+@pytest.mark.parametrize("generation,label,era,reset,free,finalize", [
+    ("2023-early", "sumary, infer without dymbatch", "before 2023-09-08", "reset_sumaryinfo", False, "instance"),
+    ("2023-late", "sumary, dymbatch", "2023-09-08 .. 2023-10", "reset_sumaryinfo", True, "static"),
+    ("2024", "summary, dymbatch", "2023-11 .. 2024-06", "reset_summaryinfo", True, "static"),
+    ("2025", "summary, dymbatch, interface_check, list-only feeds", "2024-11 or later", "reset_summaryinfo", True,
+     "static")])
+def test_ais_bench_flavour_from_features(fake_ais_bench, generation, label, era, reset, free, finalize):
+    """The label is built from what the installed InferSession has (class introspection, no NPU call)."""
+    fake_ais_bench(generation)
     got = ae.ais_bench_flavour()
-    assert (got["importable"], got["flavour"], got["has_summary"], got["has_sumary_only"], got["has_free_resource"],
-            got["finalize"]) == (True, flavour, summary, not summary, free, finalize)
+    assert (got["importable"], got["flavour"], got["era"], got["api"]["reset"], got["has_free_resource"],
+            got["finalize"]) == (True, label, era, reset, free, finalize)
+    assert got["has_summary"] == (got["api"]["summary"] == "summary") and got["has_sumary_only"] != got["has_summary"]
+    assert got["api"]["set_dynamic_batchsize"] is True
+    assert got["api"]["infer_out_array"] is (generation != "2023-early")       # 9d6da90: infer() has no out_array
+
+
+def test_label_follows_features_not_years(fake_ais_bench, monkeypatch):
+    """A 2024-06..11 install (interface_check, tuples still accepted) and a source-less 2023 build."""
+    (fake_ais_bench("2024") / "interface_check.py").write_text("")
+    got = ae.ais_bench_flavour()
+    assert (got["flavour"], got["era"]) == ("summary, dymbatch, interface_check", "2024-06 .. 2024-11")
+    monkeypatch.setattr(ae, "_source", lambda func: None)          # e.g. only .pyc files installed
+    api = ae.ais_bench_api(double.session_class("2023-early"))
+    assert (api["infer_dymbatch"], api["list_only_feeds"]) == (None, None)
+    assert ae.api_label(api, False) == "sumary, dymbatch unknown"
+    assert ae.ais_bench_api(double.session_class("2023-late"))["infer_dymbatch"] is True   # _dymbatch_prepare
+
+
+def test_live_session_features(tmp_path):
+    """On a live session the instance's infer_mode_switch is read (what the runner does per .om)."""
+    from test_ais_runner import write_om
+
+    om = str(write_om(tmp_path, "m_bs1", [1, 3, 4, 4]))
+    for gen, dymbatch in (("2023-early", False), ("2023-late", True), ("2025", True)):
+        sess = double.session_class(gen)(0, om)
+        assert ae.ais_bench_api(sess)["infer_dymbatch"] is dymbatch
+    sess.infer_mode_switch = {"static": None}
+    assert ae.ais_bench_api(sess)["infer_dymbatch"] is False
 
 
 def test_ais_bench_missing(monkeypatch):
@@ -213,7 +247,7 @@ def test_doctor_reports_missing_pieces_and_writes_env_info(isolated_dirs, monkey
                          "import_error": "ModuleNotFoundError: No module named 'ais_bench'"},
            "torch_npu": {"version": None}}
     monkeypatch.setattr(doctor, "collect", lambda: env)
-    assert doctor.main([]) == 0
+    assert doctor.main(["--model", CN]) == 0
     out = capsys.readouterr().out.splitlines()
     missing = [line for line in out if line.startswith("MISSING | ")]
     assert [m.split(":")[0] for m in missing] == ["MISSING | CANN toolkit (atc, ACL runtime)",
@@ -223,7 +257,7 @@ def test_doctor_reports_missing_pieces_and_writes_env_info(isolated_dirs, monkey
     assert ("pip3 install -v 'git+https://gitee.com/ascend/tools.git#egg=aclruntime&subdirectory="
             "ais-bench_workload/tool/ais_bench/backend' && pip3 install -v 'git+https://gitee.com/ascend/tools.git"
             "#egg=ais_bench&subdirectory=ais-bench_workload/tool/ais_bench'") in missing[2]
-    assert any(line.startswith("doctor | no NPU/CANN here: the pipeline will use the CPU targets") for line in out)
+    assert any(line.startswith(f"doctor | {CN}: BACKEND=auto: make infer / compare / bench run ") for line in out)
     data = json.loads((isolated_dirs / "results" / "env_info.json").read_text())
     assert list(data)[:2] == ["schema_version", "stage"] and data["stage"] == "doctor"
     assert data["missing"] == missing and data["ready_for_om"] is False and data["toolkit"]["version"] is None
@@ -234,16 +268,16 @@ def test_doctor_on_a_full_ascend_host(isolated_dirs, monkeypatch, capsys, tmp_pa
     env = {"toolkit": {"home": "/usr/local/Ascend/ascend-toolkit/latest", "set_env": "/s.sh", "version": "8.0.RC3"},
            "atc": {"path": "/usr/local/Ascend/ascend-toolkit/latest/bin/atc", "version": "8.0.RC3", "on_path": True},
            "npu": npu, "torch_npu": {"version": None},
-           "ais_bench": {"ais_bench": "0.0.2", "aclruntime": "0.0.2", "importable": True, "flavour": "2025",
+           "ais_bench": {"ais_bench": "0.0.2", "aclruntime": "0.0.2", "importable": True,
+                         "flavour": "summary, dymbatch, interface_check, list-only feeds",
                          "has_summary": True, "has_sumary_only": False, "has_free_resource": True,
                          "has_reset_summaryinfo": True, "finalize": "static"}}
     monkeypatch.setattr(doctor, "collect", lambda: env)
-    assert doctor.main([]) == 0
+    assert doctor.main(["--model", CN]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "doctor | NPU 1 chip 0: 910B3, health Warning, memory 0 / 0 MB, HBM 3337 / 65536 MB" in out
     assert "doctor | --soc_version: Ascend910B3 (make om uses it; override with SOC=...)" in out
-    assert ("doctor | ais_bench 0.0.2 / aclruntime 0.0.2: API 2025 (summary(), free_resource yes, finalize static)"
-            in out)
-    assert "doctor | ready: make om infer compare bench BACKEND=om DEVICE=0" in out
+    assert ("doctor | ais_bench 0.0.2 / aclruntime 0.0.2: API summary, dymbatch, interface_check, list-only feeds "
+            "(summary(), free_resource yes, finalize static)") in out
     assert not [line for line in out if line.startswith("MISSING")]
     assert double.FLAVOUR["name"] == "2025"              # the double's default is untouched by these tests
