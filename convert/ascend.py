@@ -5,7 +5,7 @@ from pipeline import ascend_env, provenance
 from pipeline.atomic import write_json
 from pipeline.errors import PipelineError
 
-from .atc import build_atc_jobs, run_atc, write_atc_script
+from .atc import LOG_ENV, atc_env, atc_lists_v2, build_atc_jobs, cann_key, choose_precision, run_atc, write_atc_script
 from .preflight import report_lines, run_preflight
 
 
@@ -35,12 +35,20 @@ def resolve_soc(cfg, soc_arg: str | None) -> tuple[str | None, str]:
 
 
 def write_script(cfg, paths, soc_arg, log):
+    """build/<model>/atc.sh for any host: no CANN version is baked in (the script picks the precision flag)."""
     soc, _ = resolve_soc(cfg, soc_arg)
-    cann = ascend_env.find_toolkit().get("version")
-    jobs = build_atc_jobs(cfg, paths.onnx_sim.name, soc or "SOC_VERSION", cann)
+    jobs = build_atc_jobs(cfg, paths.onnx_sim.name, soc or "SOC_VERSION")
     path = write_atc_script(jobs, paths.atc_script, cfg["name"], soc)
     log(f"om | ATC command{'s' if len(jobs) > 1 else ''} for this model: {paths.atc_script}")
     return path
+
+
+def precision_flag(cfg, cann: str | None, atc_path: str) -> tuple[bool | None, str, str]:
+    """(v2_supported, flag, why) for this toolkit: by the CANN version (>= 6.3.RC2 has --precision_mode_v2),
+    or, when the version is unknown, by whether `atc --help` lists --precision_mode_v2."""
+    v2 = None if cann_key(cann) is not None else atc_lists_v2(atc_path)
+    flag, why = choose_precision(cfg["atc"]["precision_mode"], cann, v2)
+    return v2, flag, why
 
 
 def build_om(cfg, paths, soc_arg, log) -> dict:
@@ -54,11 +62,15 @@ def build_om(cfg, paths, soc_arg, log) -> dict:
         from .backends import CANN_HINT
 
         raise PipelineError(f"BACKEND=om needs ATC, which is not on PATH: {CANN_HINT}")
-    jobs = build_atc_jobs(cfg, paths.onnx_sim.name, soc, toolkit.get("version"))
-    log(f"om | ATC for {soc} ({source}), CANN {toolkit.get('version') or 'version unknown'}: {len(jobs)} .om file(s)")
+    cann = atc.get("version") or toolkit.get("version")
+    v2, flag, why = precision_flag(cfg, cann, atc["path"])
+    jobs = build_atc_jobs(cfg, paths.onnx_sim.name, soc, cann, v2)
+    log(f"om | ATC for {soc} ({source}), CANN {cann or 'version unknown'}: {len(jobs)} .om file(s), "
+        f"precision flag {flag} ({why})")
     oms = run_atc(jobs, paths.build, paths.logs / "atc.log", atc["path"], cfg["atc"]["timeout_s"])
     for om in oms:
         log(f"om | {om['path']} ({om['bytes'] / 2**20:.1f} MB, batch {om['batch'] or 'dynamic'}, mode {om['mode']})")
-    return {"backend": "om", "device": "npu", "soc_version": soc, "cann_version": toolkit.get("version"),
-            "atc": atc, "precision": cfg["atc"]["precision_mode"], "oms": oms,
+    return {"backend": "om", "device": "npu", "soc_version": soc, "cann_version": cann,
+            "atc": atc, "precision": cfg["atc"]["precision_mode"], "precision_flag": flag, "precision_flag_why": why,
+            "atc_log_env": {k: atc_env()[k] for k in LOG_ENV}, "oms": oms,
             "atc_argv": [j.argv for j in jobs], "source_onnx": provenance.file_record(paths.onnx_sim)}

@@ -43,6 +43,13 @@ MANAGED = {"framework": "fixed", "model": "fixed", "output": "fixed", "soc_versi
            "keep_dtype": "atc.keep_dtype", "op_precision_mode": "atc.op_precision_mode",
            "modify_mixlist": "atc.modify_mixlist"}
 SUCCESS = "ATC run success"
+# ATC writes its debug log only at --log != null (default null), to $HOME/ascend/log/debug/plog/ (or
+# $ASCEND_PROCESS_LOG_PATH), and to stdout only with ASCEND_SLOG_PRINT_TO_STDOUT=1 (ge docs atc_tools --log.md).
+# `make om` and atc.sh set both unless the user did, so logs/<model>/atc.log holds ATC's error log.
+# ASCEND_GLOBAL_LOG_LEVEL is left alone: --log sets the level for ATC itself (dlog_setlevel in option_utils.cc).
+LOG_ENV = {"ASCEND_SLOG_PRINT_TO_STDOUT": "1"}
+LOG_LEVEL = "error"
+PLOG_HINT = "$HOME/ascend/log/debug/plog/ (or $ASCEND_PROCESS_LOG_PATH/debug/plog/)"
 
 
 @dataclass
@@ -53,32 +60,69 @@ class AtcJob:
     mode: str                        # "static" | "dymbatch" | "dymdims" (ais_bench infer mode)
     gears: list = field(default_factory=list)         # batch gears, or dims gears (one list per gear)
     side_files: dict = field(default_factory=dict)    # relative path -> content
+    precision_mode: str = "force_fp16"                # atc.precision_mode; atc.sh picks its flag when it runs
+
+
+V2_SINCE = "6.3.RC2"            # first CANN whose ATC has --precision_mode_v2 (6.3.RC2 ATC docs, atctool_000093)
+
+
+def cann_key(cann_version: str | None) -> tuple | None:
+    """Sortable (major, minor, stage, n) for CANN versions: 6.3.RC2 < 6.3.RC3 < 7.0.RC1 < 7.0.0 < 8.0.RC1;
+    alpha builds count as their RC (6.3.RC2.alpha003 = 6.3.RC2). None when the text is not a CANN version."""
+    m = re.match(r"\s*(\d+)\.(\d+)\.(RC(\d+)|\d+)", cann_version or "", re.I)
+    if not m:
+        return None
+    final = m.group(4) is None                       # 7.0.0, 6.0.1: the release after that line's RCs
+    return int(m.group(1)), int(m.group(2)), int(final), int(m.group(3) if final else m.group(4))
 
 
 def cann_major(cann_version: str | None) -> int | None:
-    m = re.match(r"\s*(\d+)\.", cann_version or "")
-    return int(m.group(1)) if m else None
+    key = cann_key(cann_version)
+    return key[0] if key else None
 
 
 def supports_v2(cann_version: str | None) -> bool:
-    """--precision_mode_v2 exists from CANN 7.0 (in the 7.0.0 docs, absent in 6.0.1); unknown -> v1 only."""
-    major = cann_major(cann_version)
-    return major is not None and major >= 7
+    """--precision_mode_v2 exists from CANN 6.3.RC2 on; an unknown version counts as without it."""
+    key = cann_key(cann_version)
+    return key is not None and key >= cann_key(V2_SINCE)
 
 
-def precision_args(mode: str, cann_version: str | None) -> list[str]:
-    """One precision flag, never both: v2 spelling on CANN >= 7, else v1 (accepts either vocabulary)."""
+def spellings(mode: str) -> tuple[str | None, str | None]:
+    """(--precision_mode value, --precision_mode_v2 value) of a mode given in either vocabulary; None where
+    that flag has no such mode (v1 only: allow_fp32_to_fp16, allow_fp32_to_bf16; v2 only: the hif8 modes)."""
     if mode not in V1_MODES + V2_MODES:
         raise ConfigError(f"atc.precision_mode '{mode}' is not an ATC precision mode; use one of "
                           f"{', '.join(V1_MODES)} (or the v2 names {', '.join(V2_MODES)})")
-    if supports_v2(cann_version):
-        v2 = mode if mode in V2_MODES else V1_TO_V2.get(mode)
-        return [f"--precision_mode_v2={v2}"] if v2 else [f"--precision_mode={mode}"]
-    v1 = mode if mode in V1_MODES else V2_TO_V1.get(mode)
+    if mode in V1_MODES:
+        return mode, V1_TO_V2.get(mode)
+    return V2_TO_V1.get(mode), mode
+
+
+def choose_precision(mode: str, cann_version: str | None, v2_supported: bool | None = None) -> tuple[str, str]:
+    """(the one precision flag, why). Whether ATC has --precision_mode_v2: `v2_supported` when known (e.g. from
+    `atc --help`), else the CANN version (>= 6.3.RC2); unknown -> the v1 flag, which every ATC accepts."""
+    v1, v2 = spellings(mode)
+    if v2_supported is None and cann_key(cann_version) is not None:
+        v2_supported = supports_v2(cann_version)
+        how = f"CANN {cann_version} {'>=' if v2_supported else '<'} {V2_SINCE}"
+    else:
+        how = ("atc --help lists --precision_mode_v2" if v2_supported else
+               "atc --help does not list --precision_mode_v2" if v2_supported is False else "CANN version unknown")
     if not v1:
-        raise ConfigError(f"atc.precision_mode '{mode}' needs CANN 7.0 or newer (--precision_mode_v2); "
-                          f"this CANN is {cann_version or 'unknown'}: use a --precision_mode name")
-    return [f"--precision_mode={v1}"]
+        if v2_supported is False:
+            raise ConfigError(f"atc.precision_mode '{mode}' exists only as --precision_mode_v2, which ATC has from "
+                              f"CANN {V2_SINCE} on ({how}); use a --precision_mode name or a newer toolkit")
+        return f"--precision_mode_v2={v2}", f"{mode} has no --precision_mode spelling"
+    if not v2:
+        return f"--precision_mode={v1}", f"{mode} has no --precision_mode_v2 spelling"
+    if v2_supported:
+        return f"--precision_mode_v2={v2}", how
+    return f"--precision_mode={v1}", how
+
+
+def precision_args(mode: str, cann_version: str | None, v2_supported: bool | None = None) -> list[str]:
+    """One precision flag, never both: the v2 spelling where ATC has it, else v1 (accepts either vocabulary)."""
+    return [choose_precision(mode, cann_version, v2_supported)[0]]
 
 
 def _check_chip(mode: str, soc: str, source: str) -> None:
@@ -156,9 +200,11 @@ def _check_extra_args(extra: list[str], source: str) -> None:
                               "remove it from extra_args")
 
 
-def build_atc_jobs(cfg: dict, onnx_name: str, soc: str, cann_version: str | None = None) -> list[AtcJob]:
+def build_atc_jobs(cfg: dict, onnx_name: str, soc: str, cann_version: str | None = None,
+                   v2_supported: bool | None = None) -> list[AtcJob]:
     """The ATC commands for this config: one per batch size (static or dims gears), or one dynamic-batch job.
-    `onnx_name` is relative to the build folder; `soc` may be a placeholder (SOC_VERSION) for the script."""
+    `onnx_name` is relative to the build folder; `soc` may be a placeholder (SOC_VERSION) for the script.
+    The precision flag follows choose_precision(cann_version, v2_supported)."""
     atc, source = cfg["atc"], cfg["_source"]
     mode = atc["precision_mode"]
     if atc["batch_mode"] == "dynamic_batch_size" and atc["dynamic_dims"]:
@@ -170,7 +216,7 @@ def build_atc_jobs(cfg: dict, onnx_name: str, soc: str, cann_version: str | None
         raise ConfigError(f"{source}: atc.modify_mixlist only works with a mixed precision mode "
                           f"(allow_mix_precision / mixed_float16), not {mode}")
     common = ["--framework=5", f"--model={onnx_name}", f"--soc_version={soc}",
-              f"--input_format={atc['input_format']}", *precision_args(mode, cann_version)]
+              f"--input_format={atc['input_format']}", *precision_args(mode, cann_version, v2_supported)]
     _check_chip(mode, soc, source)
     _check_extra_args(atc["extra_args"], source)
     flags, side = _side_files(cfg, mode)
@@ -183,7 +229,7 @@ def build_atc_jobs(cfg: dict, onnx_name: str, soc: str, cann_version: str | None
         argv = ["atc", *common, f"--input_shape={shape}",
                 "--dynamic_batch_size=" + ",".join(str(b) for b in atc["batch_sizes"]),
                 f"--output={prefix}", *atc["extra_args"]]
-        return [AtcJob(argv, prefix, None, "dymbatch", list(atc["batch_sizes"]), side)]
+        return [AtcJob(argv, prefix, None, "dymbatch", list(atc["batch_sizes"]), side, mode)]
     if len(set(atc["batch_sizes"])) != len(atc["batch_sizes"]):
         raise ConfigError(f"{source}: atc.batch_sizes repeats a value ({atc['batch_sizes']}); list each once")
     jobs = []
@@ -203,7 +249,7 @@ def build_atc_jobs(cfg: dict, onnx_name: str, soc: str, cann_version: str | None
             argv.append("--dynamic_dims=" + ";".join(",".join(str(v) for v in g) for g in atc["dynamic_dims"]))
             job_mode, gears = "dymdims", [list(g) for g in atc["dynamic_dims"]]
         argv += [f"--output={prefix}", *atc["extra_args"]]
-        jobs.append(AtcJob(argv, prefix, b, job_mode, gears, side))
+        jobs.append(AtcJob(argv, prefix, b, job_mode, gears, side, mode))
     return jobs
 
 
@@ -213,10 +259,36 @@ SOC_FROM_NPU_SMI = ('$( (npu-smi info 2>/dev/null || true) | awk \'/^\\| *[0-9]+
                     '{s=$3; if (s == "Ascend910") exit; if (s !~ /^Ascend/) s="Ascend" s; print s; exit}\')')
 
 
+def precision_block(mode: str) -> list[str]:
+    """Bash lines that set PRECISION_FLAG when atc.sh runs: the v2 flag where this atc's --help lists it."""
+    v1, v2 = spellings(mode)
+    lines = ['atc_help="$(atc --help 2>&1 || true)"']
+    if v1 and v2:
+        lines += ['case "$atc_help" in',
+                  f"  *--precision_mode_v2*) PRECISION_FLAG=--precision_mode_v2={v2}; "
+                  "why='this atc lists --precision_mode_v2' ;;",
+                  f"  *) PRECISION_FLAG=--precision_mode={v1}; "
+                  f"why='this atc does not list --precision_mode_v2 (CANN before {V2_SINCE})' ;;",
+                  "esac"]
+    elif v1:
+        lines = [f"PRECISION_FLAG=--precision_mode={v1}; why='{mode} has no --precision_mode_v2 spelling'"]
+    else:
+        lines += ['case "$atc_help" in',
+                  f"  *--precision_mode_v2*) PRECISION_FLAG=--precision_mode_v2={v2}; "
+                  f"why='{mode} has no --precision_mode spelling' ;;",
+                  f"  *) echo \"atc.sh: atc.precision_mode {mode} needs --precision_mode_v2, which this atc lacks "
+                  f"(CANN {V2_SINCE} or newer has it)\" >&2; exit 1 ;;",
+                  "esac"]
+    return lines + ['echo "atc.sh: precision flag $PRECISION_FLAG ($why)"']
+
+
 def write_atc_script(jobs: list[AtcJob], path: Path, model: str, soc: str | None) -> Path:
-    """build/<model>/atc.sh: the same commands for any host with CANN; writes the side files, then runs ATC."""
+    """build/<model>/atc.sh: the same commands for any host with CANN (any version: the precision flag is chosen
+    when the script runs); writes the side files, then runs ATC with the log settings of `make om`."""
     from pipeline.atomic import write_text
 
+    mode = jobs[0].precision_mode
+    v1, v2 = spellings(mode)
     lines = [
         "#!/usr/bin/env bash",
         f"# ATC commands for {model}, written by `make om` from configs/{model}.yaml. Run from the repo root:",
@@ -224,6 +296,14 @@ def write_atc_script(jobs: list[AtcJob], path: Path, model: str, soc: str | None
         "# Needs the CANN toolkit environment; if atc is not on PATH the first set_env.sh found is sourced:",
         "#   source /usr/local/Ascend/ascend-toolkit/set_env.sh   # classic layout",
         "#   source /usr/local/Ascend/cann/set_env.sh             # new layout (CANN 8.5+)",
+        f"# Precision: atc.precision_mode {mode}. The flag is chosen when this script runs, for the atc it runs:",
+        "#   " + (f"--precision_mode_v2={v2} where `atc --help` lists --precision_mode_v2 (CANN {V2_SINCE} and "
+                 f"newer), else --precision_mode={v1}." if v1 and v2 else
+                 f"always --precision_mode={v1} (no v2 spelling)." if v1 else
+                 f"always --precision_mode_v2={v2} (no v1 spelling; needs CANN {V2_SINCE} or newer)."),
+        "# Logs: like `make om`, ATC runs with ASCEND_SLOG_PRINT_TO_STDOUT=1 and --log=error (unless set), so its",
+        "# error log reaches the console; otherwise it goes to plog files under $HOME/ascend/log/debug/plog/",
+        "# ($ASCEND_PROCESS_LOG_PATH/debug/plog/ if set). More detail: --log=info in atc.extra_args.",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         "if ! command -v atc >/dev/null 2>&1; then",
@@ -236,6 +316,8 @@ def write_atc_script(jobs: list[AtcJob], path: Path, model: str, soc: str | None
         f'SOC_VERSION="${{SOC_VERSION:-{soc}}}"' if soc else f'SOC_VERSION="${{SOC_VERSION:-{SOC_FROM_NPU_SMI}}}"',
         '[ -n "$SOC_VERSION" ] || { echo "set SOC_VERSION (npu-smi info, column Name, prefixed with Ascend; '
         'A3: npu-smi info -t board -i 0 -c 0 -> <Chip Name>_<NPU Name>)" >&2; exit 1; }',
+        *precision_block(mode),
+        *[f'export {k}="${{{k}:-{v}}}"' for k, v in LOG_ENV.items()],
         "mkdir -p om && chmod 750 om",
     ]
     written = set()
@@ -245,12 +327,48 @@ def write_atc_script(jobs: list[AtcJob], path: Path, model: str, soc: str | None
                 lines += [f"cat > {shlex.quote(rel)} <<'ATC_CFG'", content.rstrip("\n"), "ATC_CFG"]
                 written.add(rel)
     for job in jobs:
-        quoted = ['"--soc_version=$SOC_VERSION"' if a.startswith("--soc_version=") else shlex.quote(a)
-                  for a in job.argv]
+        quoted = ['"--soc_version=$SOC_VERSION"' if a.startswith("--soc_version=") else
+                  '"$PRECISION_FLAG"' if a.startswith(("--precision_mode=", "--precision_mode_v2=")) else
+                  shlex.quote(a) for a in job.argv + log_args(job.argv)]
         lines += [f"rm -f {shlex.quote(job.prefix)}.om {shlex.quote(job.prefix)}_*.om", " \\\n  ".join(quoted)]
     write_text(path, "\n".join(lines) + "\n")
     os.chmod(path, 0o755)
     return path
+
+
+def log_args(argv: list[str]) -> list[str]:
+    """--log=error unless the command already sets --log (atc.extra_args)."""
+    return [] if any(a.startswith("--log=") for a in argv) else [f"--log={LOG_LEVEL}"]
+
+
+def atc_env(base: dict | None = None) -> dict:
+    """Environment for ATC: the caller's, plus LOG_ENV where not set."""
+    env = dict(os.environ if base is None else base)
+    for k, v in LOG_ENV.items():
+        env.setdefault(k, v)
+    return env
+
+
+def log_hint(env: dict, argv: list[str]) -> str:
+    """Where ATC's detail went for this run, and how to get more."""
+    level = next(a.split("=", 1)[1] for a in argv if a.startswith("--log="))
+    if level == "null":
+        return "ATC ran with --log=null: set --log=info in atc.extra_args for its debug log"
+    if env.get("ASCEND_SLOG_PRINT_TO_STDOUT") == "1":
+        return (f"it holds ATC's {level}-level log (ASCEND_SLOG_PRINT_TO_STDOUT=1 --log={level}); "
+                "--log=info in atc.extra_args gives more")
+    return (f"ATC's --log={level} log is in plog files under {PLOG_HINT}; ASCEND_SLOG_PRINT_TO_STDOUT=1 puts it "
+            "in this log")
+
+
+def atc_lists_v2(atc_binary: str, timeout: float = 60) -> bool | None:
+    """Whether this atc's --help lists --precision_mode_v2; None when --help cannot be run."""
+    try:
+        p = subprocess.run([atc_binary, "--help"], capture_output=True, text=True, errors="replace", timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = p.stdout + p.stderr
+    return "--precision_mode_v2" in out if "--precision_mode" in out else None
 
 
 def om_pattern(prefix: str) -> re.Pattern:
@@ -270,10 +388,19 @@ def find_om(build_dir: Path, prefix: str) -> Path:
 
 
 def _error_line(out: str, returncode: int) -> str:
-    codes = [ln.strip() for ln in out.splitlines() if re.search(r"\bE[A-Z]?\d{4,5}\b", ln)]
-    if codes:
-        return codes[-1][:240]
-    failed = [ln.strip() for ln in out.splitlines() if "ATC run failed" in ln]
+    """The most telling line of a failed ATC run: a flag-parser ERROR, else the last error code that is not the
+    generic E19999, else the failure banner."""
+    lines = [ln.strip() for ln in out.splitlines()]
+    flag = [ln for ln in lines if ln.startswith("ERROR: ")]
+    if flag:
+        hint = (f" (this ATC predates --precision_mode_v2, CANN < {V2_SINCE})"
+                if "'precision_mode_v2'" in flag[-1] else "")
+        return flag[-1][:240] + hint
+    codes = [ln for ln in lines if re.search(r"\bE[A-Z]?\d{4,5}\b", ln)]
+    specific = [ln for ln in codes if not ln.startswith("E19999")]
+    if specific or codes:
+        return (specific or codes)[-1][:240]
+    failed = [ln for ln in lines if "ATC run failed" in ln]
     return (failed[-1][:240] if failed and returncode != 0 else
             f"exit code {returncode}, no '{SUCCESS}' line")
 
@@ -281,7 +408,7 @@ def _error_line(out: str, returncode: int) -> str:
 def _run(argv: list[str], cwd: Path, timeout: int) -> tuple[int | None, str]:
     """Run in its own process group so a timeout also stops ATC's compiler workers; None = timed out."""
     proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)
+                            errors="replace", start_new_session=True, env=atc_env())
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out
@@ -306,8 +433,11 @@ def run_atc(jobs: list[AtcJob], build_dir: Path, log_path: Path, atc_binary: str
         for rel, content in job.side_files.items():
             write_text(build_dir / rel, content)
     log, oms = [], []
+    env = atc_env()
+    settings = ", ".join(f"{k}={env[k]}" + ("" if os.environ.get(k) else " (set by make om)") for k in LOG_ENV)
+    log.append(f"# log settings: {settings}; --log={LOG_LEVEL} unless atc.extra_args sets --log")
     for job in jobs:
-        argv = [atc_binary, *job.argv[1:]]
+        argv = [atc_binary, *job.argv[1:], *log_args(job.argv)]
         log.append(f"$ cd {build_dir} && {shlex.join(argv)}")
         t0 = time.perf_counter()
         try:
@@ -323,7 +453,7 @@ def run_atc(jobs: list[AtcJob], build_dir: Path, log_path: Path, atc_binary: str
                                 f"check {log_path}")
         if code != 0 or SUCCESS not in out:
             raise PipelineError(f"ATC failed for {job.prefix}: {_error_line(out, code)}; see {log_path} "
-                                "(pre-flight: `make preflight`; more detail: add --log=error to atc.extra_args)")
+                                f"({log_hint(env, argv)}); pre-flight: `make preflight`")
         om = find_om(build_dir, job.prefix)
         os.chmod(om, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP)   # 0640, what ais_bench accepts
         oms.append({"batch": job.batch, "mode": job.mode, "gears": job.gears, **file_record(om)})

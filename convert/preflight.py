@@ -25,7 +25,7 @@ UNSUPPORTED = {
     "HannWindow": "use a constant window tensor", "HammingWindow": "use a constant window tensor",
     "BlackmanWindow": "use a constant window tensor",
     "Loop": "unroll the loop at export (fixed trip count)", "Scan": "unroll the scan at export",
-    "Unique": "move it to the host", "Col2Im": "replace it with reshapes/ConvTranspose",
+    "Col2Im": "replace it with reshapes/ConvTranspose",
     "GroupNormalization": "export with opset < 18 so it decomposes, or use InstanceNormalization + Mul/Add",
     "RNN": "use GRU/LSTM or unroll", "QuantizeLinear": "quantise with AMCT instead of QDQ nodes",
     "DequantizeLinear": "quantise with AMCT instead of QDQ nodes",
@@ -33,6 +33,9 @@ UNSUPPORTED = {
     "QLinearConv": "use float Conv (quantise with AMCT)", "QLinearMatMul": "use float MatMul (quantise with AMCT)",
     "ConvInteger": "use float Conv (quantise with AMCT)", "MatMulInteger": "use float MatMul (quantise with AMCT)",
 }
+# Parsed only by recent toolkits (absent from msit's map): (opsets, upstream registration)
+NEWER_PARSERS = {
+    "Unique": ((11, 18), "hicann/ops-nn index/unique_with_counts_and_sorting/framework/unique_onnx_plugin.cpp")}
 # Standard ONNX ops in ATC's parser map (msit analyze map_conf/onnx.yaml, keys ai.onnx::<opset>::<Op>; CANN
 # version of that map unknown, so indicative): registered for every opset 11..18 ...
 PARSER_OPS = set("""Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization BitShift
@@ -108,6 +111,11 @@ def check_model(model, cfg: dict) -> list[dict]:
         if op in UNSUPPORTED:
             out.append(finding("error", "unsupported_op", f"{n} {op} node(s): ATC has no ONNX parser for {op}",
                                UNSUPPORTED[op]))
+        elif op in NEWER_PARSERS and opset is not None and \
+                NEWER_PARSERS[op][0][0] <= opset <= NEWER_PARSERS[op][0][1]:
+            out.append(finding("warning", "newer_parser", f"{n} {op} node(s): only recent toolkits parse {op} "
+                               f"({NEWER_PARSERS[op][1]}); older ones stop with E19010 'No parser is registered'",
+                               "move it to the host to convert on any CANN, or check with `atc --mode=3`"))
         elif opset is not None and not parser_knows(op, opset):
             out.append(finding("error", "unsupported_op", f"{n} {op} node(s): not in ATC's ONNX parser map for "
                                f"opset {opset} (ATC would stop with E19010 'No parser is registered')",
@@ -208,7 +216,18 @@ def run_preflight(onnx_path: Path, cfg: dict, soc: str | None = None) -> dict:
     findings = check_model(model, cfg) + check_config(model, cfg, Path(onnx_path).name, soc)
     errors = [f for f in findings if f["level"] == "error"]
     return {"onnx": provenance.file_record(onnx_path), "verdict": "FAILED" if errors else "PASSED",
-            "errors": len(errors), "warnings": len(findings) - len(errors), "findings": findings, "checks": CHECKS}
+            "errors": len(errors), "warnings": len(findings) - len(errors), "findings": findings, "checks": CHECKS,
+            "ascend_op_types": ascend_types(model)}
+
+
+def ascend_types(model) -> dict:
+    """Per ONNX op type of the graph: the AI Core op types ATC makes of it (the names --modify_mixlist and
+    OpType:: entries need), or None where no mapping is known (convert/ascend_ops.py)."""
+    from .ascend_ops import ascend_op_types
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    ops = sorted({n.op_type for n in all_nodes(model.graph) if n.domain in ("", "ai.onnx")})
+    return {op: ascend_op_types(op, opset) for op in ops}
 
 
 def report_lines(report: dict, model: str) -> list[str]:

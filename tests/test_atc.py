@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from convert.atc import (V1_TO_V2, V2_TO_V1, build_atc_jobs, find_om, precision_args, run_atc, supports_v2,
-                         write_atc_script)
+from convert.atc import (V1_TO_V2, V2_TO_V1, build_atc_jobs, cann_key, choose_precision, find_om, precision_args,
+                         run_atc, spellings, supports_v2, write_atc_script)
 from pipeline.config import SCHEMA
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.schema import validate
@@ -114,9 +114,11 @@ def test_force_fp16_keep_dtype_and_op_precision_files():
 
 
 @pytest.mark.parametrize("v1,v2", sorted(V1_TO_V2.items()))
-def test_v1_names_map_to_v2_on_new_cann(v1, v2):
+def test_v1_names_map_to_v2_from_cann_6_3_rc2(v1, v2):
     assert precision_args(v1, "8.0.0") == [f"--precision_mode_v2={v2}"]
-    assert precision_args(v1, "6.3.RC2") == [f"--precision_mode={v1}"]
+    assert precision_args(v1, "6.3.RC2") == [f"--precision_mode_v2={v2}"]      # first CANN with the v2 flag
+    assert precision_args(v1, "6.3.RC1") == [f"--precision_mode={v1}"]
+    assert precision_args(v1, "6.0.1") == [f"--precision_mode={v1}"]
 
 
 @pytest.mark.parametrize("v2,v1", sorted(V2_TO_V1.items()))
@@ -124,19 +126,46 @@ def test_v2_names_map_to_v1_on_old_or_unknown_cann(v2, v1):
     assert precision_args(v2, "6.0.1") == [f"--precision_mode={v1}"]
     assert precision_args(v2, None) == [f"--precision_mode={v1}"]
     assert precision_args(v2, "9.2.0-beta.2") == [f"--precision_mode_v2={v2}"]
+    assert precision_args(v2, None, v2_supported=True) == [f"--precision_mode_v2={v2}"]   # atc --help said so
 
 
-def test_precision_errors_and_v1_only_names():
-    assert precision_args("allow_fp32_to_fp16", "8.0.RC1") == ["--precision_mode=allow_fp32_to_fp16"]
-    assert [supports_v2(v) for v in ("7.0.RC1", "6.3.RC2", "", None, "8.5.0")] == [True, False, False, False, True]
+def test_cann_version_order_and_v2_threshold():
+    order = ["5.0.4", "5.1.RC2", "6.0.RC1", "6.0.1", "6.3.RC1", "6.3.RC2", "6.3.RC3", "7.0.RC1", "7.0.0",
+             "8.0.RC1", "8.0.RC3", "8.0.0", "8.5.0"]
+    assert sorted(order, key=cann_key) == order and len({cann_key(v) for v in order}) == len(order)
+    assert cann_key("6.3.RC2.alpha003") == cann_key("6.3.RC2") and cann_key("8.0.rc3") == cann_key("8.0.RC3")
+    assert [supports_v2(v) for v in ("7.0.RC1", "6.3.RC2", "6.3.RC2.alpha003", "6.3.RC1", "6.2.RC1", "6.0.1",
+                                     "", None, "8.5.0", "latest")] == \
+        [True, True, True, False, False, False, False, False, True, False]
+
+
+def test_precision_choice_states_why():
+    assert choose_precision("force_fp16", "8.0.RC3") == ("--precision_mode_v2=fp16", "CANN 8.0.RC3 >= 6.3.RC2")
+    assert choose_precision("force_fp16", "6.0.1") == ("--precision_mode=force_fp16", "CANN 6.0.1 < 6.3.RC2")
+    assert choose_precision("fp16", None, False) == ("--precision_mode=force_fp16",
+                                                     "atc --help does not list --precision_mode_v2")
+    assert choose_precision("origin", None) == ("--precision_mode=must_keep_origin_dtype", "CANN version unknown")
+    assert choose_precision("allow_fp32_to_fp16", "8.0.RC1") == (
+        "--precision_mode=allow_fp32_to_fp16", "allow_fp32_to_fp16 has no --precision_mode_v2 spelling")
+    # a v2-only mode is kept for an unknown toolkit (atc.sh checks at run time), refused for a known old one
+    assert choose_precision("mixed_hif8", None) == ("--precision_mode_v2=mixed_hif8",
+                                                    "mixed_hif8 has no --precision_mode spelling")
+    assert spellings("cube_fp16in_fp32out") == ("force_fp32", "cube_fp16in_fp32out")
+
+
+def test_precision_errors():
     with pytest.raises(ConfigError) as e:
         precision_args("fp8", None)
     assert str(e.value) == ("atc.precision_mode 'fp8' is not an ATC precision mode; use one of force_fp16, force_fp32, "
                             "allow_fp32_to_fp16, must_keep_origin_dtype, allow_mix_precision, allow_mix_precision_fp16, "
                             "allow_mix_precision_bf16, allow_fp32_to_bf16 (or the v2 names fp16, origin, "
                             "cube_fp16in_fp32out, mixed_float16, mixed_bfloat16, cube_hif8, mixed_hif8)")
-    with pytest.raises(ConfigError, match="'mixed_hif8' needs CANN 7.0 or newer"):
+    with pytest.raises(ConfigError) as e:
         precision_args("mixed_hif8", "6.0.1")
+    assert str(e.value) == ("atc.precision_mode 'mixed_hif8' exists only as --precision_mode_v2, which ATC has from "
+                            "CANN 6.3.RC2 on (CANN 6.0.1 < 6.3.RC2); use a --precision_mode name or a newer toolkit")
+    with pytest.raises(ConfigError, match=r"\(atc --help does not list --precision_mode_v2\)"):
+        precision_args("cube_hif8", None, v2_supported=False)
 
 
 def test_chip_specific_precision_modes():
@@ -214,9 +243,12 @@ def test_script_is_quoted_atomic_and_executable(tmp_path):
     assert "#   source /usr/local/Ascend/ascend-toolkit/set_env.sh" in text
     assert "#   source /usr/local/Ascend/cann/set_env.sh" in text
     assert ("atc \\\n  --framework=5 \\\n  --model=model.sim.onnx \\\n  \"--soc_version=$SOC_VERSION\" \\\n"
-            "  --input_format=ND \\\n  --precision_mode=force_fp16 \\\n  --keep_dtype=om/keep_dtype.cfg \\\n"
+            "  --input_format=ND \\\n  \"$PRECISION_FLAG\" \\\n  --keep_dtype=om/keep_dtype.cfg \\\n"
             "  --input_shape=logmel:1,1,-1,64 \\\n  '--dynamic_dims=101;301;1001' \\\n"
-            f"  --output=om/{SED}_bs1\n") in text
+            f"  --output=om/{SED}_bs1 \\\n  --log=error\n") in text
+    assert "--precision_mode=force_fp16" not in text.split("PRECISION_FLAG=--precision_mode=force_fp16")[1]
+    assert 'export ASCEND_SLOG_PRINT_TO_STDOUT="${ASCEND_SLOG_PRINT_TO_STDOUT:-1}"' in text
+    assert "eval" not in text
     assert "cat > om/keep_dtype.cfg <<'ATC_CFG'\nOpType::DynamicGRUV2\nATC_CFG\n" in text
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     assert not list(tmp_path.glob(".atc.sh.*"))                        # atomic write left no temp file
@@ -233,10 +265,14 @@ def fake_bin(tmp_path, name, body):
 
 FAKE_ATC_OK = """
     import os, sys
+    print("ATC start working now, please wait for a moment.")
+    if sys.argv[1:] == ["--help"]:
+        print("  --precision_mode  ...\\n  --precision_mode_v2  ...")
+        raise SystemExit(0)
     args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
     with open(os.path.join(os.path.dirname(__file__), "argv.log"), "a") as f:
-        f.write(os.getcwd() + " " + " ".join(sys.argv[1:]) + "\\n")
-    print("ATC start working now, please wait for a moment.")
+        f.write(os.getcwd() + " " + os.environ.get("ASCEND_SLOG_PRINT_TO_STDOUT", "-") + " "
+                + " ".join(sys.argv[1:]) + "\\n")
     with open(args["output"] + "_linux_x86_64.om", "wb") as f:
         f.write(("om for " + args["input_shape"]).encode())
     print("ATC run success, welcome to the next use.")
@@ -262,9 +298,10 @@ def test_script_runs_unchanged_and_finds_the_soc(tmp_path, script):
     assert (build / "om" / f"{SED}_bs1_linux_x86_64.om").read_text() == "om for logmel:1,1,-1,64"
     want = "Ascend910B3" if soc else "Ascend310P3"
     assert (tmp_path / "bin" / "argv.log").read_text() == (
-        f"{build} --framework=5 --model=model.sim.onnx --soc_version={want} --input_format=ND "
-        f"--precision_mode=force_fp16 --input_shape=logmel:1,1,-1,64 --dynamic_dims=101;301;1001 "
-        f"--output=om/{SED}_bs1\n")
+        f"{build} 1 --framework=5 --model=model.sim.onnx --soc_version={want} --input_format=ND "
+        f"--precision_mode_v2=fp16 --input_shape=logmel:1,1,-1,64 --dynamic_dims=101;301;1001 "
+        f"--output=om/{SED}_bs1 --log=error\n")
+    assert "atc.sh: precision flag --precision_mode_v2=fp16 (this atc lists --precision_mode_v2)" in p.stdout
 
 
 def test_script_refuses_to_guess_an_a3_chip(tmp_path):
@@ -302,6 +339,9 @@ def test_run_atc_success_records_permissions_and_log(tmp_path):
     log = (tmp_path / "logs" / "atc.log").read_text()
     assert log.count("ATC run success, welcome to the next use.") == 2
     assert f"$ cd {build} && {atc} --framework=5 --model=model.sim.onnx --soc_version=Ascend310P3" in log
+    assert f"--output=om/{CN}_bs16 --log=error\n" in log
+    assert log.startswith("# log settings: ASCEND_SLOG_PRINT_TO_STDOUT=1 (set by make om); --log=error unless")
+    assert (tmp_path / "bin" / "argv.log").read_text().count(f"{build} 1 --framework=5") == 2
 
 
 def test_run_atc_failure_is_one_line_with_the_error_code(tmp_path):
@@ -315,8 +355,9 @@ def test_run_atc_failure_is_one_line_with_the_error_code(tmp_path):
     with pytest.raises(PipelineError) as e:
         run_atc(build_atc_jobs(convnext_cfg(), "model.sim.onnx", "Ascend310P3"), tmp_path / "b", log, str(atc), 60)
     assert str(e.value) == (f"ATC failed for om/{CN}_bs1: E19010: No parser is registered for Op [/STFT, optype "
-                            f"[ai.onnx::17::STFT]].; see {log} (pre-flight: `make preflight`; more detail: add "
-                            "--log=error to atc.extra_args)")
+                            f"[ai.onnx::17::STFT]].; see {log} (it holds ATC's error-level log "
+                            "(ASCEND_SLOG_PRINT_TO_STDOUT=1 --log=error); --log=info in atc.extra_args gives more); "
+                            "pre-flight: `make preflight`")
     assert "\n" not in str(e.value) and "exit code 1" in log.read_text()
 
 
@@ -361,3 +402,121 @@ def test_find_om_exact_names_not_glob_prefixes(tmp_path):
         find_om(tmp_path, "om/m_bs1")
     with pytest.raises(PipelineError, match=r"0 file\(s\) match om/m_bs2"):
         find_om(tmp_path, "om/m_bs2")
+
+
+# ---- one atc.sh, any toolkit: tests/fake_atc.py as an old and a new CANN ------------------------------
+def toolkit_atc(tmp_path):
+    """tests/fake_atc.py as `atc` on PATH; FAKE_ATC_CANN in the environment picks the toolkit it imitates."""
+    d = tmp_path / "cann" / "bin"
+    d.mkdir(parents=True, exist_ok=True)
+    atc = d / "atc"
+    atc.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "fake_atc.py"}" "$@"\n')
+    atc.chmod(0o755)
+    return atc
+
+
+def script_for(tmp_path, cfg, soc="Ascend310P3"):
+    build = tmp_path / "build"
+    build.mkdir(exist_ok=True)
+    (build / "model.sim.onnx").write_bytes(b"onnx")
+    jobs = build_atc_jobs(cfg, "model.sim.onnx", "SOC_VERSION")
+    return write_atc_script(jobs, build / "atc.sh", cfg["name"], soc), build
+
+
+def run_script(tmp_path, script, cann, **env):
+    atc = toolkit_atc(tmp_path)
+    env = {**os.environ, "PATH": f"{atc.parent}:{os.environ['PATH']}", "FAKE_ATC_CANN": cann, **env}
+    env.pop("ASCEND_SLOG_PRINT_TO_STDOUT", None) if "ASCEND_SLOG_PRINT_TO_STDOUT" not in env else None
+    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("cann,flag", [("5.1.RC2", "--precision_mode=force_fp16"),
+                                       ("6.0.1", "--precision_mode=force_fp16"),
+                                       ("6.3.RC1", "--precision_mode=force_fp16"),
+                                       ("6.3.RC2", "--precision_mode_v2=fp16"),
+                                       ("8.0.RC3", "--precision_mode_v2=fp16"),
+                                       ("8.5.0", "--precision_mode_v2=fp16")])
+def test_one_script_runs_on_old_and_new_toolkits(tmp_path, cann, flag):
+    script, build = script_for(tmp_path, convnext_cfg(batch_sizes=[1]))
+    p = run_script(tmp_path, script, cann)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "ATC run success, welcome to the next use." in p.stdout
+    why = "this atc lists" if "_v2" in flag else "this atc does not list"
+    assert f"atc.sh: precision flag {flag} ({why} --precision_mode_v2" in p.stdout
+    meta = json.loads((build / "om" / f"{CN}_bs1_linux_x86_64.om.json").read_text())
+    assert meta["precision"] == flag
+
+
+def test_the_old_baked_in_v2_flag_fails_on_an_old_toolkit(tmp_path, monkeypatch):
+    """What atc.sh used to do (v2 written in where CANN >= 7 was seen) fails on CANN 6.0.1, as the real one does."""
+    atc = toolkit_atc(tmp_path)
+    monkeypatch.setenv("FAKE_ATC_CANN", "6.0.1")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.sim.onnx").write_bytes(b"onnx")
+    jobs = build_atc_jobs(convnext_cfg(), "model.sim.onnx", "Ascend310P3", "8.0.RC3")
+    assert "--precision_mode_v2=fp16" in jobs[0].argv
+    log = tmp_path / "atc.log"
+    with pytest.raises(PipelineError) as e:
+        run_atc(jobs, tmp_path / "b", log, str(atc), 60)
+    assert str(e.value).startswith(f"ATC failed for om/{CN}_bs1: ERROR: unknown command line flag "
+                                   "'precision_mode_v2' (this ATC predates --precision_mode_v2, CANN < 6.3.RC2); ")
+    assert "exit code 255" in log.read_text()
+
+
+def test_script_modes_with_one_spelling(tmp_path):
+    script, build = script_for(tmp_path, convnext_cfg(batch_sizes=[1], precision_mode="allow_fp32_to_fp16"))
+    p = run_script(tmp_path, script, "8.0.RC3")
+    assert p.returncode == 0 and "precision flag --precision_mode=allow_fp32_to_fp16 (allow_fp32_to_fp16 has no " \
+        "--precision_mode_v2 spelling)" in p.stdout
+    (tmp_path / "hif8").mkdir()
+    script, build = script_for(tmp_path / "hif8", convnext_cfg(batch_sizes=[1], precision_mode="mixed_hif8"), "SOC_X")
+    p = run_script(tmp_path, script, "6.0.1")
+    assert p.returncode == 1 and not (build / "om" / f"{CN}_bs1_linux_x86_64.om").exists()
+    assert p.stderr.strip() == ("atc.sh: atc.precision_mode mixed_hif8 needs --precision_mode_v2, which this atc "
+                                "lacks (CANN 6.3.RC2 or newer has it)")
+    p = run_script(tmp_path, script, "8.5.0")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads((build / "om" / f"{CN}_bs1_linux_x86_64.om.json").read_text())["precision"] == \
+        "--precision_mode_v2=mixed_hif8"
+
+
+# ---- ATC's log reaches logs/<model>/atc.log ----------------------------------------------------------
+def test_run_atc_brings_the_atc_log_into_atc_log(tmp_path, monkeypatch):
+    atc = toolkit_atc(tmp_path)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.sim.onnx").write_bytes(b"onnx")
+    monkeypatch.delenv("ASCEND_SLOG_PRINT_TO_STDOUT", raising=False)
+    monkeypatch.setenv("FAKE_ATC_FAIL", "1")
+    log = tmp_path / "atc.log"
+    with pytest.raises(PipelineError, match=r": E19010: No parser is registered .*it holds ATC's error-level log"):
+        run_atc(build_atc_jobs(convnext_cfg(), "model.sim.onnx", "Ascend310P3"), tmp_path / "b", log, str(atc), 60)
+    text = log.read_text()
+    assert "] onnx parser failed: no parser for op type STFT" in text and "[ERROR] GE(" in text
+    assert "[INFO]" not in text                                        # --log=error filters the level
+    # the user's own choice wins: info level from extra_args, console logging switched off
+    monkeypatch.setenv("ASCEND_SLOG_PRINT_TO_STDOUT", "0")
+    with pytest.raises(PipelineError) as e:
+        run_atc(build_atc_jobs(convnext_cfg(extra_args=["--log=info"]), "model.sim.onnx", "Ascend310P3"),
+                tmp_path / "b", log, str(atc), 60)
+    assert ("ATC's --log=info log is in plog files under $HOME/ascend/log/debug/plog/ (or "
+            "$ASCEND_PROCESS_LOG_PATH/debug/plog/); ASCEND_SLOG_PRINT_TO_STDOUT=1 puts it in this log") in str(e.value)
+    text = log.read_text()
+    command = next(ln for ln in text.splitlines() if ln.startswith("$ cd "))
+    assert "[ERROR] GE(" not in text and command.endswith(f"--output=om/{CN}_bs1 --log=info")
+    assert text.startswith("# log settings: ASCEND_SLOG_PRINT_TO_STDOUT=0;")
+
+
+def test_make_om_decides_the_flag_for_its_toolkit(tmp_path, monkeypatch):
+    from convert.ascend import precision_flag
+
+    atc = str(toolkit_atc(tmp_path))
+    cfg = convnext_cfg()
+    assert precision_flag(cfg, "6.3.RC2", "/nonexistent/atc") == (None, "--precision_mode_v2=fp16",
+                                                                    "CANN 6.3.RC2 >= 6.3.RC2")
+    monkeypatch.setenv("FAKE_ATC_CANN", "6.0.1")                        # version unknown: ask atc --help
+    assert precision_flag(cfg, None, atc) == (False, "--precision_mode=force_fp16",
+                                              "atc --help does not list --precision_mode_v2")
+    monkeypatch.setenv("FAKE_ATC_CANN", "8.0.RC3")
+    assert precision_flag(cfg, None, atc) == (True, "--precision_mode_v2=fp16", "atc --help lists --precision_mode_v2")
+    assert precision_flag(cfg, None, "/nonexistent/atc") == (None, "--precision_mode=force_fp16",
+                                                             "CANN version unknown")

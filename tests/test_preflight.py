@@ -79,16 +79,20 @@ def test_ops_outside_the_parser_map_for_this_opset():
 
 
 def test_unsupported_op_inside_an_if_branch_and_custom_domain():
-    then_g = helper.make_graph([helper.make_node("Unique", ["x"], ["u"])], "then", [], [vi("u", None)])
+    then_g = helper.make_graph([helper.make_node("Unique", ["x"], ["u"]), helper.make_node("Scan", ["x"], ["w"])],
+                               "then", [], [vi("u", None)])
     else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["v"])], "else", [], [vi("v", None)])
     m = model([helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g),
                helper.make_node("FastGelu", ["x"], ["z"], domain="com.microsoft", name="fg")],
               [vi("x", [4]), vi("c", [], TensorProto.BOOL)], [vi("y", None), vi("z", [4])])
     m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     found = check_model(m, cfg_for([{"name": "x", "shape": [4]}]))
-    assert codes(found) == [("error", "unsupported_op"), ("error", "custom_domain")]
-    assert found[0]["message"] == "1 Unique node(s): ATC has no ONNX parser for Unique"
-    assert found[1]["message"] == "node fg (com.microsoft::FastGelu) is a custom op"
+    assert codes(found) == [("error", "unsupported_op"), ("warning", "newer_parser"), ("error", "custom_domain")]
+    assert found[0]["message"] == "1 Scan node(s): ATC has no ONNX parser for Scan"
+    assert found[1]["message"] == ("1 Unique node(s): only recent toolkits parse Unique (hicann/ops-nn "
+                                   "index/unique_with_counts_and_sorting/framework/unique_onnx_plugin.cpp); older ones "
+                                   "stop with E19010 'No parser is registered'")
+    assert found[2]["message"] == "node fg (com.microsoft::FastGelu) is a custom op"
 
 
 def test_keep_dtype_names_must_exist_optype_entries_pass():
@@ -179,3 +183,14 @@ def test_cli_missing_onnx_is_one_line(isolated_dirs, capsys):
     err = capsys.readouterr().err
     assert err.startswith("ERROR | ") and err.count("\n") == 1
     assert f"model.sim.onnx is missing; run `make export MODEL={CN}` first" in err
+
+
+def test_report_names_the_ascend_op_types(tmp_path):
+    """Per ONNX op type, the AI Core type ATC makes of it (what a mixlist must name), None where unknown."""
+    path = tmp_path / "model.sim.onnx"
+    extra = [helper.make_node("Div", ["embedding", "embedding"], ["q"], name="div"),
+             helper.make_node("Softmax", ["q"], ["s"], name="sm")]
+    onnx.save(convnext_like(extra), str(path))
+    rep = run_preflight(path, cfg_for([{"name": "image", "shape": ["batch", 3, 256, 256]}]))
+    assert rep["ascend_op_types"] == {"Div": ["RealDiv"], "Flatten": None, "Gemm": ["MatMulV2"],
+                                      "GlobalAveragePool": ["ReduceMeanD"], "Softmax": ["SoftmaxV2"]}
