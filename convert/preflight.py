@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     ap.add_argument("--onnx", default="", help="check another ONNX file (default: build/<model>/model.sim.onnx)")
     ap.add_argument("--soc", default="", help="target --soc_version for the chip-specific checks")
     args = ap.parse_args(argv)
-    cfg = load_config(args.model)
+    cfg = load_config(args.model, stage="preflight")
     paths = ModelPaths(cfg["name"])
     report = run_preflight(Path(args.onnx) if args.onnx else paths.onnx_sim, cfg, args.soc or None)
     for line in report_lines(report, cfg["name"]):

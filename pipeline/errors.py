@@ -25,6 +25,13 @@ class ToolchainError(PipelineError):
     """A tool or runtime (ATC, ais_bench, onnxruntime, an NPU) is missing or failed."""
 
 
+def _discard_reads():
+    """A stage that stops with an expected error records no config reads (pipeline.config)."""
+    config = sys.modules.get("pipeline.config")
+    if config is not None:
+        config.discard_reads()
+
+
 def cli(main):
     """Wrap a stage entry point: expected errors print one `ERROR | ...` line and exit 2."""
 
@@ -35,9 +42,12 @@ def cli(main):
         except PipelineError as exc:
             msg = " ".join(str(exc).split())
             print(f"ERROR | {msg}", file=sys.stderr)
+            _discard_reads()
             sys.exit(2)
         except KeyboardInterrupt:
-            print("ERROR | interrupted", file=sys.stderr)
+            print("ERROR | interrupted; run the same command again: make infer and make dataset resume where they "
+                  "stopped", file=sys.stderr)
+            _discard_reads()
             sys.exit(130)
 
     return wrapper

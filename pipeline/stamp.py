@@ -1,17 +1,19 @@
-"""Fingerprint files for make: `python -m pipeline.stamp {weights|input|om} --model M`.
+"""Fingerprint files for make: `python -m pipeline.stamp {weights|input|om|config} --model M`.
 
 Writes build/<model>/<kind>.stamp only when the fingerprint changes, so make reruns exactly the stages
-that depend on the weights, the INPUT files or the ATC settings given on the command line.
+that depend on the weights, the INPUT files or the ATC settings given on the command line. `config` writes
+build/<model>/cfg/<stage>.json, the values of the config keys each stage read in its earlier runs.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
-from .atomic import write_text
-from .config import load_config
+from .atomic import atomic_path, write_text
+from .config import ABSENT, entries, json_lines, keys_file, load_config, lookup, read_keys, read_last_run
 from .errors import cli
 from .paths import ModelPaths, ROOT
 
@@ -28,24 +30,70 @@ def fingerprint(path: Path) -> list[str]:
     return lines
 
 
-# which config sections each stage reads; a stage reruns only when one of its sections changes
-STAGE_SECTIONS = {
-    "export": ("family", "model", "weights", "inputs", "outputs", "export", "simplify", "preprocess", "onnxruntime"),
-    "om": ("atc", "fp16", "inputs"),
-    "infer": ("preprocess", "postprocess", "infer", "onnxruntime", "inputs", "outputs"),
-    "compare": ("compare", "infer"),
-    "bench": ("bench", "onnxruntime"),
-}
+# stages with a config slice in the Makefile; a stage that recorded its reads gets one as well
+SLICE_STAGES = ("export", "om", "infer", "compare", "bench")
 
 
-def write_section_stamps(cfg: dict, paths: ModelPaths) -> None:
-    import json
+def slice_text(stage: str, cfg: dict, keys) -> str:
+    """The values of the key paths (the whole config when keys is None), one [path, value] per line."""
+    source = f"{stage}.keys.json" if keys is not None else "no keys file yet: the whole config"
+    values = json_lines(entries(cfg, [()] if keys is None else keys))
+    return f'{{"stage": {json.dumps(stage)}, "keys_from": {json.dumps(source)}, "values": {values}}}\n'
 
-    for stage, sections in STAGE_SECTIONS.items():
-        text = json.dumps({s: cfg[s] for s in sections}, sort_keys=True, indent=1) + "\n"
-        out = paths.build / "cfg" / f"{stage}.json"
-        if not out.exists() or out.read_text() != text:
-            write_text(out, text)
+
+def same_values(old_text: str, new: list[list], last_run: list[list]) -> bool:
+    """True when the old slice file (or, for a key it does not hold, the stage's latest run) has the same value
+    for every key path in `new`. Any doubt: False, and the stage reruns."""
+    try:
+        old = json.loads(old_text)["values"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    held = [{tuple(e[0]): e for e in old}, {tuple(e[0]): e for e in last_run if e}]
+    for entry in new:
+        path = tuple(entry[0])
+        for ref in held:
+            cover = next((path[:i] for i in range(len(path) + 1) if path[:i] in ref), None)
+            if cover is not None:
+                e = ref[cover]
+                value = ABSENT if len(e) == 1 else lookup(e[1], path[len(cover):], private=())
+                break
+        else:
+            return False                      # a key neither the old slice nor the latest run held
+        if (value is ABSENT) != (len(entry) == 1):
+            return False
+        if len(entry) == 2 and _canon(value) != _canon(entry[1]):
+            return False
+    return True
+
+
+def _canon(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def write_slices(cfg: dict, cfg_dir: Path) -> list[str]:
+    """Write cfg_dir/<stage>.json = the values of the key paths the stage recorded (cfg_dir/<stage>.keys.json;
+    the whole config while there is none). A file whose values did not change keeps its mtime, even when its
+    text is rewritten (e.g. from the whole config to the recorded keys), so make reruns exactly the stages
+    that read an edited key. Returns the stages whose slice changed."""
+    stages = list(SLICE_STAGES) + sorted(p.name[:-len(".keys.json")] for p in Path(cfg_dir).glob("*.keys.json")
+                                         if p.name[:-len(".keys.json")] not in SLICE_STAGES)
+    changed = []
+    for stage in stages:
+        kf = keys_file(Path(cfg_dir).parent, stage)
+        text = slice_text(stage, cfg, read_keys(kf))
+        out = Path(cfg_dir) / f"{stage}.json"
+        old = out.read_text(encoding="utf-8") if out.exists() else None
+        if old == text:
+            continue
+        if old is not None and same_values(old, json.loads(text)["values"], read_last_run(kf)):
+            st = out.stat()
+            with atomic_path(out) as tmp:             # same values: new text, old mtime
+                tmp.write_text(text, encoding="utf-8")
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+            continue
+        write_text(out, text)
+        changed.append(stage)
+    return changed
 
 
 @cli
@@ -67,7 +115,7 @@ def main(argv=None) -> int:
     elif args.kind == "om":
         lines = [f"SOC={os.environ.get('SOC', '')}"]
     else:
-        write_section_stamps(cfg, paths)
+        write_slices(cfg, paths.build / "cfg")
         return 0
     text = "\n".join(lines) + "\n"
     out = paths.build / f"{args.kind}.stamp"

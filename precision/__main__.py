@@ -15,16 +15,13 @@ import numpy as np
 
 from pipeline import provenance
 from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.config import load_config, load_family
+from pipeline.config import gate_for, load_config, load_family, save_reads
 from pipeline.errors import PipelineError, cli
 from pipeline.paths import ModelPaths
 
 from .fix import evaluate, search
 from .layerwise import flops, layer_compare
-
-# ONNX op type -> Ascend IR type for `OpType::` keep_dtype entries (indicative; check with atc --mode=1)
-ASCEND_IR = {"Softmax": "SoftmaxV2", "MatMul": "BatchMatMulV2", "LayerNormalization": "LayerNorm",
-             "ReduceMean": "ReduceMean", "Pow": "Pow", "Sigmoid": "Sigmoid", "Exp": "Exp", "GRU": "CommonGRU"}
+from .mixlist import mix_option, model_opset
 
 
 def load_feeds(cfg, paths, max_samples: int) -> tuple[list[dict], str]:
@@ -44,7 +41,18 @@ def load_feeds(cfg, paths, max_samples: int) -> tuple[list[dict], str]:
     return feeds, f"{max_samples} seeded input(s) from the model family (no saved inputs)"
 
 
-def plot(rows_before, rows_after, keep, path: Path, title: str) -> None:
+def gate_lines(gates: dict[str, dict]) -> list[tuple[float, str]]:
+    """One line per distinct max_rel_l2 of the outputs' gates, labelled with the outputs when they differ."""
+    by_value: dict[float, list[str]] = {}
+    for name, gate in gates.items():
+        by_value.setdefault(gate["max_rel_l2"], []).append(name)
+    if len(by_value) == 1:
+        value = next(iter(by_value))
+        return [(value, f"gate: relative L2 {value:g}")]
+    return [(v, f"gate of {', '.join(names)}: relative L2 {v:g}") for v, names in sorted(by_value.items())]
+
+
+def plot(rows_before, rows_after, keep, path: Path, title: str, gates: dict[str, dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,7 +67,8 @@ def plot(rows_before, rows_after, keep, path: Path, title: str) -> None:
     if kept:
         ax.scatter(kept, [max(rows_before[i]["rel_l2"], 1e-9) for i in kept], color="red", zorder=3, s=18,
                    label="kept in fp32")
-    ax.axhline(0.01, color="grey", ls="--", lw=0.8, label="gate: relative L2 1%")
+    for (value, label), style in zip(gate_lines(gates), ("--", ":", "-.", (0, (5, 5)))):
+        ax.axhline(value, color="grey", ls=style, lw=0.8, label=label)
     ax.set_xlabel("node (topological order)")
     ax.set_ylabel("relative L2 vs fp32")
     ax.set_title(title)
@@ -70,13 +79,31 @@ def plot(rows_before, rows_after, keep, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def why_failed(result: dict) -> str:
+    fails = [f"{name}: {'; '.join(o['failures'])}" for name, o in result["outputs"].items() if o.get("failures")]
+    return f" ({' | '.join(fails)})" if fails else ""
+
+
+def gate_text(g: dict) -> str:
+    parts = []
+    for name, gate in g["outputs"].items():
+        vf = gate.get("max_violation_fraction")
+        parts.append(f"{name}: rel L2 <= {gate['max_rel_l2']}, cosine >= {gate['min_cosine']}"
+                     + (f", share outside atol + rtol*|ref| <= {vf}" if vf is not None else ""))
+    return "; ".join(parts) + f" (rtol {g['rtol']}, atol = {g['atol_scale']} * max|ref|)"
+
+
 def markdown(rep: dict) -> str:
     def outs(r):
-        return "; ".join(f"{k}: rel L2 {v['rel_l2']:.2e}, cos {v['cosine']:.6f}" for k, v in r["outputs"].items())
+        return "; ".join(f"{k}: rel L2 {v['rel_l2']:.2e}, cos {v['cosine']:.6f}"
+                         + (f", outside tol {v['violation_fraction']:.1%}" if "violation_fraction" in v else "")
+                         + (f" ({', '.join(v['failures'])})" if v.get("failures") else "")
+                         for k, v in r["outputs"].items())
 
     lines = [f"# Precision report: {rep['model']}", "",
              f"> {rep['disclaimer']}", "",
-             f"Inputs: {rep['inputs']}. Gate: {rep['gate']}.", "",
+             f"Inputs: {rep['inputs']}. Gate (the one `make compare` applies, per sample and output): "
+             f"{gate_text(rep['gate'])}.", "",
              "| option | verdict | outputs (worst over samples) | compute kept in fp32 |", "|---|---|---|---|"]
     for o in rep["options"]:
         lines.append(f"| {o['option']} | {'PASSED' if o['passed'] else 'FAILED'} | {outs(o)} | {o['fp32_compute_share']:.1%} |")
@@ -94,6 +121,17 @@ def markdown(rep: dict) -> str:
                   f"`{rep['keep_dtype_file']}`. Config lines:", "", "```yaml", *rep["config_lines"], "```"]
     else:
         lines.append("No node set within the search budget passes the gate; consider must_keep_origin_dtype.")
+    for o in rep["options"]:
+        if "atc" in o:
+            a = o["atc"]
+            lines += ["", f"Or mixed precision ({'PASSED' if o['passed'] else 'FAILED'} in the emulation, "
+                          f"{o['fp32_compute_share']:.2%} of the compute in fp32):", "", "```yaml", "atc:",
+                      f"  precision_mode: {a['precision_mode']}", f"  modify_mixlist: {json.dumps(a['modify_mixlist'])}",
+                      f"  keep_dtype: {json.dumps(a['keep_dtype'])}", "fp16:",
+                      f"  keep_op_types: {json.dumps(o['emulated_keep_op_types'])}",
+                      f"  keep_nodes: {json.dumps(a['keep_dtype'])}", "```"]
+    for note in rep.get("notes", []):
+        lines += ["", f"Note: {note}"]
     lines += ["", f"![error per layer]({Path(rep['plot']).name})", ""]
     return "\n".join(lines)
 
@@ -106,7 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--max-samples", type=int, default=2)
     args = ap.parse_args(argv)
-    cfg = load_config(args.model)
+    cfg = load_config(args.model, stage="precision")
     paths = ModelPaths(cfg["name"])
     if not paths.onnx_sim.exists():
         raise PipelineError(f"{paths.onnx_sim} is missing; run `make export MODEL={cfg['name']}` first "
@@ -122,16 +160,19 @@ def main(argv=None) -> int:
     rows_after = layer_compare(model, feeds, keep_nodes=keep) if keep else None
     share = sum(fl.get(n, 0) for n in keep) / total
 
-    types = sorted({r["op_type"] for r in rows if r["node"] in set(keep)})
-    mix = evaluate(model, feeds, cfg, keep_op_types=types) if types else None
-    mix_share = sum(v for r in rows if r["op_type"] in set(types) for v in [fl.get(r["node"], 0)]) / total
+    node_types = {n.name: n.op_type for n in model.graph.node}
+    mix = mix_option(keep, node_types, model_opset(model, cfg["export"]["opset"]))
+    notes = [mix["note"]] if mix and mix["note"] else []
     options = [{"option": "force_fp16 (ATC default)", "fp32_compute_share": 0.0, **result["before"]}]
     if keep:
         options.append({"option": f"force_fp16 + keep_dtype ({len(keep)} nodes)", "fp32_compute_share": share,
                         **result["after"]})
-    if mix:
-        options.append({"option": f"allow_mix_precision + modify_mixlist black-list {[ASCEND_IR.get(t, t) for t in types]}",
-                        "fp32_compute_share": mix_share, **{k: v for k, v in mix.items() if not k.startswith('_')}})
+    if mix and mix["usable"]:
+        got = evaluate(model, feeds, cfg, keep_nodes=mix["keep_nodes"], keep_op_types=mix["onnx_types"])
+        fp32 = [r["node"] for r in rows if r["op_type"] in mix["onnx_types"] or r["node"] in mix["keep_nodes"]]
+        options.append({"option": mix["option"], "fp32_compute_share": sum(fl.get(n, 0) for n in fp32) / total,
+                        "atc": mix["atc"], "emulated_keep_op_types": mix["onnx_types"],
+                        **{k: v for k, v in got.items() if not k.startswith("_")}})
     options.append({"option": "must_keep_origin_dtype (everything fp32)", "fp32_compute_share": 1.0, "passed": True,
                     "outputs": {o.name: {"rel_l2": 0.0, "cosine": 1.0, "passed": True} for o in model.graph.output}})
 
@@ -143,12 +184,15 @@ def main(argv=None) -> int:
     top = [{"index": i, **{k: rows[i][k] for k in ("node", "op_type", "origin", "rel_l2", "jump", "overflow",
                                                     "underflow_share", "nonfinite")}} for i in sorted(ranked)]
     plot_path = paths.results / "precision_layers.png"
-    plot(rows, rows_after, keep, plot_path, f"{cfg['name']}: per-node error of the fp16 emulation")
+    gates = {t["name"]: gate_for(cfg, t["name"]) for t in cfg["outputs"]}
+    plot(rows, rows_after, keep, plot_path, f"{cfg['name']}: per-node error of the fp16 emulation", gates)
     rep = provenance.header("precision", cfg)
     rep.update({
         "disclaimer": "CPU emulation of ATC's precision rules with onnxruntime (fp16 between ops, fp32 inputs/"
                       "outputs), not an NPU measurement; on a real .om, compare with ais_bench dumps instead.",
-        "inputs": feeds_desc, "gate": cfg["compare"]["gate"], "options": options,
+        "inputs": feeds_desc, "options": options, "notes": notes,
+        "gate": {"outputs": gates, "rtol": cfg["compare"]["rtol"], "atol_scale": cfg["compare"]["atol_scale"],
+                 "function": "pipeline.metrics.gate_check (as make compare)"},
         "fix": {"needed": not result["before"]["passed"], "passed": result["passed"], "keep": keep,
                 "fp32_compute_share": share, "search_history": result["history"]},
         "keep_dtype_file": str(keep_file), "config_lines": config_lines, "top_nodes": top,
@@ -161,13 +205,17 @@ def main(argv=None) -> int:
     b = result["before"]
     worst = max(v["rel_l2"] for v in b["outputs"].values())
     print(f"{'PASSED' if b['passed'] else 'FAILED'} | {cfg['name']} fp16 (emulated force_fp16): worst output rel L2 "
-          f"{worst:.2e}")
+          f"{worst:.2e}{why_failed(b)}")
     if keep:
         a = result["after"]
+        worst_after = max(v["rel_l2"] for v in a["outputs"].values())
         print(f"{'PASSED' if a['passed'] else 'FAILED'} | {cfg['name']} fp16 + keep_dtype ({len(keep)} nodes, "
-              f"{share:.2%} of compute in fp32): worst output rel L2 {max(v['rel_l2'] for v in a['outputs'].values()):.2e}")
+              f"{share:.2%} of compute in fp32): worst output rel L2 {worst_after:.2e}{why_failed(a)}")
         print(f"precision | keep list: {keep_file}; config lines: {' '.join(config_lines)}")
+    for note in notes:
+        print(f"precision | note: {note}")
     print(f"precision | results/{cfg['name']}/precision_report.md (CPU emulation, not an NPU measurement)")
+    save_reads(cfg)
     return 0
 
 

@@ -1,35 +1,42 @@
 """Find a small set of nodes to keep in fp32 so the fp16 emulation passes the compare gate."""
 from __future__ import annotations
 
-import numpy as np
+from pipeline.config import gate_for
+from pipeline.metrics import gate_check
 
 from .emulate import round_fp16
-from pipeline.config import gate_for
-from pipeline.metrics import cosine, rel_l2
-
 from .layerwise import session
 
 
 def evaluate(model32, feeds_list, cfg, keep_nodes=(), keep_op_types=(), ref=None) -> dict:
-    """Final outputs of the fp16 emulation (with the keep lists) against fp32, through the compare gate."""
+    """Final outputs of the fp16 emulation (with the keep lists) against fp32, through compare's gate.
+
+    Every sample of every output goes through pipeline.metrics.gate_check with the output's gate and
+    compare.rtol / compare.atol_scale, as `make compare` does, so PASSED here means PASSED there."""
     s16 = session(round_fp16(model32, keep_nodes, keep_op_types))
     if ref is None:
         s32 = session(model32)
         ref = [dict(zip([o.name for o in s32.get_outputs()], s32.run(None, f))) for f in feeds_list]
     names = [o.name for o in s16.get_outputs()]
+    rtol, atol_scale = cfg["compare"]["rtol"], cfg["compare"]["atol_scale"]
     worst = {}
     for feeds, r in zip(feeds_list, ref):
         got = dict(zip(names, s16.run(None, feeds)))
         for name, b in r.items():
-            a = np.asarray(got[name], np.float64)
-            bad = not np.isfinite(a).all()
-            e = 1.0 if bad else rel_l2(a, b)
-            c = 0.0 if bad else cosine(a, b)
-            w = worst.setdefault(name, {"rel_l2": 0.0, "cosine": 1.0})
-            w["rel_l2"], w["cosine"] = max(w["rel_l2"], e), min(w["cosine"], c)
-    for name, w in worst.items():
-        g = gate_for(cfg, name)
-        w["passed"] = w["rel_l2"] <= g["max_rel_l2"] and w["cosine"] >= g["min_cosine"]
+            gate = gate_for(cfg, name)
+            m, fails = gate_check(got[name], b, gate, rtol, atol_scale)
+            w = worst.setdefault(name, {"rel_l2": 0.0, "cosine": 1.0, "violation_fraction": 0.0, "nonfinite": 0,
+                                        "passed": True, "failed_samples": 0, "failures": [], "gate": dict(gate)})
+            if fails and (not w["failures"] or m["rel_l2"] > w["_fail_rel_l2"]):
+                w["failures"], w["_fail_rel_l2"] = fails, m["rel_l2"]     # the worst failing sample's reasons
+            w["rel_l2"] = max(w["rel_l2"], m["rel_l2"])
+            w["cosine"] = min(w["cosine"], m["cosine"])
+            w["violation_fraction"] = max(w["violation_fraction"], m["violation_fraction"])
+            w["nonfinite"] += m["nonfinite_in_target"]
+            w["failed_samples"] += bool(fails)
+            w["passed"] = w["passed"] and not fails
+    for w in worst.values():
+        w.pop("_fail_rel_l2", None)
     return {"passed": all(w["passed"] for w in worst.values()), "outputs": worst, "_ref": ref}
 
 

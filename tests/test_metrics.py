@@ -37,3 +37,21 @@ def test_violation_fraction_and_nonfinite():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="shape mismatch"):
         compare_arrays(np.zeros(3), np.zeros(4))
+
+
+def test_gate_check_each_criterion_fails_on_its_own():
+    from pipeline.metrics import gate_check
+
+    ref = np.linspace(1.0, 2.0, 1000)
+    gate = {"max_rel_l2": 0.01, "min_cosine": 0.9999, "max_violation_fraction": None}
+    assert gate_check(ref * 1.001, ref, gate)[1] == []
+    assert gate_check(ref * 1.02, ref, gate)[1] == ["rel_l2 2.000e-02 > 0.01"]   # scale: cosine stays 1
+    noisy = ref + np.random.default_rng(0).normal(0, 0.05, ref.size)
+    m, fails = gate_check(noisy, ref, {**gate, "max_rel_l2": 1.0})
+    assert m["cosine"] < 0.9999 and fails == [f"cosine {m['cosine']:.7f} < 0.9999"]
+    tgt = ref * 1.004                                       # inside rel L2 and cosine, outside rtol 1e-3
+    m, fails = gate_check(tgt, ref, {**gate, "max_violation_fraction": 0.5}, rtol=1e-3, atol_scale=1e-4)
+    assert m["violation_fraction"] == 1.0 and fails == ["violation fraction 1.00e+00 > 0.5"]
+    bad = ref.copy()
+    bad[0] = np.inf
+    assert gate_check(bad, ref, gate)[1][0] == "1 NaN/Inf where the reference is finite"

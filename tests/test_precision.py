@@ -1,14 +1,24 @@
 """Precision doctor on a model built to fail in fp16: a LayerNorm (opset 13, decomposed) over large activations."""
+import copy
+import sys
+import types
+
 import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
+from compare.__main__ import check_sample
+from pipeline.config import gate_for
+from precision.__main__ import gate_lines
+from precision.emulate import round_fp16
 from precision.fix import candidates, evaluate, search
-from precision.layerwise import flops, layer_compare, node_origin
+from precision.layerwise import flops, layer_compare, node_origin, session
+from precision.mixlist import mix_option
 
 CFG = {"compare": {"gate": {"max_rel_l2": 0.01, "min_cosine": 0.9999, "max_violation_fraction": None},
-                   "per_output": {}}}
+                   "per_output": {}, "rtol": 0.01, "atol_scale": 0.01}}
 
 
 class LoudNorm(torch.nn.Module):
@@ -69,3 +79,104 @@ def test_compute_share_estimate(loud):
     gemms = [fl[r["node"]] for r in rows if r["op_type"] in ("Gemm", "MatMul")]
     assert max(gemms) == pytest.approx(2 * 4 * 256 * 64) or max(gemms) == pytest.approx(2 * 4 * 32 * 256)
     assert sum(fl.values()) > sum(gemms)
+
+
+@pytest.fixture(scope="module")
+def linear():
+    """y = x W + b: fp16 rounding gives relative errors near 5e-4 per element, far inside rel L2 1%."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(64, 32)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(size=(32,)).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"], name="mm"),
+         helper.make_node("Add", ["xw", "b"], ["y"], name="add")],
+        "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], initializer=[w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": np.random.default_rng(10 + i).normal(size=(4, 64)).astype(np.float32)} for i in range(2)]
+    return model, feeds
+
+
+def compare_verdict(model, feeds, cfg) -> bool:
+    """What `make compare` decides for the fp16 emulation's outputs: every sample of every output passes."""
+    s16, s32 = session(round_fp16(model)), session(model)
+    names = [o.name for o in s32.get_outputs()]
+    passed = True
+    for f in feeds:
+        for name, t, r in zip(names, s16.run(None, f), s32.run(None, f)):
+            _, fails = check_sample(t, r, gate_for(cfg, name), cfg["compare"])
+            passed &= not fails
+    return passed
+
+
+@pytest.mark.parametrize("max_violation_fraction, expected", [(0.01, False), (None, True)])
+def test_doctor_and_compare_give_the_same_verdict(linear, max_violation_fraction, expected):
+    model, feeds = linear
+    cfg = copy.deepcopy(CFG)
+    cfg["compare"].update(rtol=1e-4, atol_scale=1e-6)                 # tighter than fp16's 4.9e-4 rounding
+    cfg["compare"]["gate"]["max_violation_fraction"] = max_violation_fraction
+    doc = evaluate(model, feeds, cfg)
+    y = doc["outputs"]["y"]
+    assert y["rel_l2"] < 0.01 and y["cosine"] > 0.9999                # rel L2 and cosine alone would pass
+    assert y["violation_fraction"] > 0.5                              # most elements are outside 1e-4 relative
+    assert doc["passed"] is expected
+    assert compare_verdict(model, feeds, cfg) is expected
+    if not expected:
+        assert y["failed_samples"] == len(feeds) and y["failures"]
+        assert all(f.startswith("violation fraction") for f in y["failures"])
+
+
+def test_doctor_uses_the_per_output_gate(linear):
+    model, feeds = linear
+    cfg = copy.deepcopy(CFG)
+    assert evaluate(model, feeds, cfg)["passed"]
+    cfg["compare"]["per_output"]["y"] = {"max_rel_l2": 1e-5, "min_cosine": 0.9999, "max_violation_fraction": None}
+    doc = evaluate(model, feeds, cfg)
+    assert not doc["passed"] and doc["outputs"]["y"]["failures"][0].startswith("rel_l2")
+    assert doc["passed"] == compare_verdict(model, feeds, cfg)
+
+
+def test_plot_gate_lines_follow_the_config():
+    same = {"a": {"max_rel_l2": 0.02}, "b": {"max_rel_l2": 0.02}}
+    assert gate_lines(same) == [(0.02, "gate: relative L2 0.02")]
+    differ = {"a": {"max_rel_l2": 0.02}, "b": {"max_rel_l2": 0.005}}
+    assert gate_lines(differ) == [(0.005, "gate of b: relative L2 0.005"), (0.02, "gate of a: relative L2 0.02")]
+
+
+NODE_TYPES = {"p": "Pow", "s": "Softmax", "m": "ReduceMean"}
+
+
+def test_mixlist_without_a_mapping_suggests_keep_dtype(monkeypatch):
+    monkeypatch.setitem(sys.modules, "convert.ascend_ops", None)     # import fails: no mapping known
+    mix = mix_option(["p", "m"], NODE_TYPES, 17)
+    assert not mix["usable"] and mix["unmapped_onnx_types"] == ["Pow", "ReduceMean"]
+    assert "no ONNX-to-Ascend op-type mapping known" in mix["note"] and "--keep_dtype (2 node(s))" in mix["note"]
+    assert mix_option([], NODE_TYPES, 17) is None
+
+
+def test_mixlist_black_lists_ascend_types_and_keeps_the_rest_by_name(monkeypatch):
+    fake = types.ModuleType("convert.ascend_ops")
+
+    def mixlist_for(onnx_types, opset):
+        known = {"Softmax": ["SoftmaxV2"], "ReduceMean": ["ReduceMeanD", "ReduceMean"]}
+        mapped = sorted({a for t in onnx_types for a in known.get(t, [])})
+        return {"black-list": {"to-add": mapped}}, [t for t in onnx_types if t not in known]
+
+    fake.mixlist_for = mixlist_for
+    monkeypatch.setitem(sys.modules, "convert.ascend_ops", fake)
+    mix = mix_option(["p", "s", "m"], NODE_TYPES, 17)
+    assert mix["usable"] and mix["onnx_types"] == ["ReduceMean", "Softmax"] and mix["keep_nodes"] == ["p"]
+    assert mix["atc"] == {"precision_mode": "allow_mix_precision", "keep_dtype": ["p"],
+                          "modify_mixlist": {"black-list": {"to-add": ["ReduceMean", "ReduceMeanD", "SoftmaxV2"]}}}
+    assert "Pow" in mix["note"] and "--keep_dtype (1 node(s))" in mix["note"]
+    assert mix["option"].startswith("allow_mix_precision + modify_mixlist black-list ['ReduceMean', 'ReduceMeanD'")
+
+
+def test_mixlist_with_the_real_mapping():
+    ops = pytest.importorskip("convert.ascend_ops")
+    mix = mix_option(["s"], {"s": "Softmax"}, 17)
+    expected = ops.ascend_op_types("Softmax", 17)
+    if expected:
+        assert mix["usable"] and set(expected) <= set(mix["atc"]["modify_mixlist"]["black-list"]["to-add"])
+    else:
+        assert not mix["usable"] and mix["unmapped_onnx_types"] == ["Softmax"]
