@@ -16,10 +16,13 @@ DEVICE    ?= 0
 SOC       ?=
 COUNT     ?= 1000
 ENV       ?= full
+ENGINE    ?= local
+WORKERS   ?=
+FAIL_ON_BAD ?=
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 B         := $(or $(PIPELINE_BUILD_DIR),build)
-export WEIGHTS INPUT DEVICE SOC BACKEND
+export WEIGHTS INPUT DEVICE SOC BACKEND ENGINE WORKERS FAIL_ON_BAD
 
 ifneq ($(filter-out $(CONFIGS),$(MODEL)),)
 $(error unknown MODEL '$(filter-out $(CONFIGS),$(MODEL))'; available models: $(CONFIGS))
@@ -28,11 +31,14 @@ BACKENDS  := auto om ort-fp16 ort-cpu
 ifeq ($(filter $(BACKEND),$(BACKENDS)),)
 $(error unknown BACKEND '$(BACKEND)'; use one of: $(BACKENDS))
 endif
+ifeq ($(filter $(ENGINE),local ray),)
+$(error unknown ENGINE '$(ENGINE)'; use local (default) or ray)
+endif
 ifneq ($(filter $(ENV),full host),$(ENV))
 $(error unknown ENV '$(ENV)'; use full (workstation, with torch) or host (Ascend host, no torch))
 endif
 
-ENV_STAMP := $(VENV)/.installed-$(ENV)
+ENV_STAMP := $(VENV)/.installed-$(ENV)$(if $(and $(filter host,$(ENV)),$(filter ray,$(ENGINE))),-ray,)
 PIPE_SRC  := $(wildcard pipeline/*.py)
 cfgfile    = $(firstword $(wildcard configs/$(1).yaml configs/more/$(1).yaml))
 family     = $(shell sed -n 's/^family: *//p' $(call cfgfile,$(1)))
@@ -60,11 +66,12 @@ help:
 	@echo "           WEIGHTS=<file or folder> INPUT=<file or folder> DEVICE=<npu id> SOC=<soc_version>"
 	@echo "           COUNT=<inputs for make dataset, default 1000>"
 	@echo "           ENV=<full|host> (host: no torch, for an Ascend host)"
+	@echo "           ENGINE=<local|ray> WORKERS=<actors> RAY_ADDRESS=<head:port> FAIL_ON_BAD=1 (infer, compare, dataset)"
 
 # ---- environment -------------------------------------------------------------------------------
 env: $(ENV_STAMP)
 
-$(VENV)/.installed-full: requirements.txt requirements-host.txt requirements-torch.txt
+$(VENV)/.installed-full: requirements.txt requirements-host.txt requirements-torch.txt requirements-ray.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-torch.txt
@@ -74,6 +81,10 @@ $(VENV)/.installed-full: requirements.txt requirements-host.txt requirements-tor
 $(VENV)/.installed-host: requirements-host.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-host.txt
+	@touch $@
+
+$(VENV)/.installed-host-ray: $(VENV)/.installed-host requirements-ray.txt
+	$(PY) -m pip install -q -r requirements-ray.txt
 	@touch $@
 
 # ---- stages (real file targets; stamps change only when their inputs change) ---------------------

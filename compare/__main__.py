@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 import os
@@ -12,7 +13,7 @@ import numpy as np
 from pipeline import provenance
 from pipeline.atomic import save_npy, write_json
 from pipeline.config import gate_for, load_config
-from pipeline.errors import PipelineError, cli
+from pipeline.errors import ConfigError, PipelineError, cli
 from pipeline.log import StageLog
 from pipeline.metrics import compare_arrays, gate_check
 from pipeline.paths import ModelPaths
@@ -37,28 +38,40 @@ def load_run(paths: ModelPaths, backend: str, cfg: dict):
     return json.loads(manifest_path.read_text()), out_manifest
 
 
-def iter_reference(paths, manifest, runner, batch_size: int, pad: str = "repeat"):
-    """Yield (item, reference outputs) in manifest order, streaming: consecutive equal-shape items share a batch."""
-    names = manifest["feeds"]
-
-    def run(chunk):
-        out, _ = run_rows(runner, stack([f for _, f in chunk], names), pad)
-        for (item, _), res in zip(chunk, split(out, [rows_of(f, names) for _, f in chunk])):
-            for name, arr in res.items():
-                save_npy(paths.outputs("reference") / f"{item['id']}.{name}.npy", arr)
-            yield item, res
-
-    chunk, sig = [], None
-    for item in manifest["items"]:
-        feeds = {n: np.load(paths.inputs / item["files"][n]) for n in names}
-        s = signature(feeds, names)
-        if chunk and (s != sig or len(chunk) >= batch_size):
-            yield from run(chunk)
-            chunk = []
+def reference_chunks(manifest: dict, batch_size: int) -> list[list[int]]:
+    """Item indices run together: consecutive items of equal input shapes, at most batch_size (any engine)."""
+    chunks, sig = [], None
+    for i, item in enumerate(manifest["items"]):
+        s = json.dumps(item["shapes"], sort_keys=True)
+        if chunks and s == sig and len(chunks[-1]) < batch_size:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
         sig = s
-        chunk.append((item, feeds))
-    if chunk:
-        yield from run(chunk)
+    return chunks
+
+
+def run_reference_chunk(paths, manifest, runner, chunk: list[int], pad: str) -> list[tuple[dict, dict]]:
+    names = manifest["feeds"]
+    items = [manifest["items"][i] for i in chunk]
+    feeds = [{n: np.load(paths.inputs / it["files"][n]) for n in names} for it in items]
+    out, _ = run_rows(runner, stack(feeds, names), pad)
+    res = split(out, [rows_of(f, names) for f in feeds])
+    for item, r in zip(items, res):
+        for name, arr in r.items():
+            save_npy(paths.outputs("reference") / f"{item['id']}.{name}.npy", arr)
+    return list(zip(items, res))
+
+
+def iter_reference(paths, manifest, runner, batch_size: int, pad: str = "repeat", outputs=()):
+    """Yield (item, reference outputs) in manifest order, streaming; runner None: read what Ray workers wrote."""
+    for chunk in reference_chunks(manifest, batch_size):
+        if runner is not None:
+            yield from run_reference_chunk(paths, manifest, runner, chunk, pad)
+            continue
+        for i in chunk:
+            item = manifest["items"][i]
+            yield item, {o: np.load(paths.outputs("reference") / f"{item['id']}.{o}.npy") for o in outputs}
 
 
 def check_sample(tgt, ref, gate, comp) -> tuple[dict, list[str]]:
@@ -120,7 +133,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m compare", description=__doc__)
     ap.add_argument("--model", required=True)
     ap.add_argument("--backend", default=os.environ.get("BACKEND", "auto"))
+    ap.add_argument("--engine", default=os.environ.get("ENGINE", "") or "local")
+    ap.add_argument("--workers", default=os.environ.get("WORKERS", ""))
     args = ap.parse_args(argv)
+    if args.engine not in ("local", "ray"):
+        raise ConfigError(f"unknown ENGINE '{args.engine}'; use one of: local, ray")
     cfg = load_config(args.model, stage="compare")
     paths = ModelPaths(cfg["name"])
     backend, notes = backends.run_backend(cfg, args.backend)
@@ -136,10 +153,18 @@ def main(argv=None) -> int:
     gates = {name: gate_for(cfg, name) for name in outputs}
     rows = {name: [] for name in outputs}
     progress = Progress(len(manifest["items"]), "compare", unit="item")
-    with reference_runner(cfg) as ref_runner:
-        ref_desc = ref_runner.describe()
-        for item, ref_out in iter_reference(paths, manifest, ref_runner, cfg["infer"]["batch_size"],
-                                            cfg["infer"].get("pad", "repeat")):
+    pad = cfg["infer"]["pad"]
+    if args.engine == "ray":
+        from run.ray_engine import run_reference_ray
+
+        ref_desc = run_reference_ray(cfg, paths, manifest, reference_chunks(manifest, cfg["infer"]["batch_size"]),
+                                     pad, args.workers, log)
+        ref_runner = None
+    else:
+        ref_runner = reference_runner(cfg)
+    with ref_runner or contextlib.nullcontext():
+        ref_desc = ref_runner.describe() if ref_runner else ref_desc
+        for item, ref_out in iter_reference(paths, manifest, ref_runner, cfg["infer"]["batch_size"], pad, outputs):
             tgt_out = {}
             for name in outputs:
                 tgt = np.load(paths.outputs(backend) / "items" / f"{item['id']}.{name}.npy")

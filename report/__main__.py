@@ -45,9 +45,9 @@ def model_plots(cfg, paths, docs) -> list[tuple[str, Path]]:
     if p:
         out.append(("Relative L2 error per sample and output, with the gate", p))
     inf = docs["inference_result"]
-    if not inf or not inf.get("samples"):
+    if not inf or not inf.get("first_sample"):
         return out
-    sample = inf["samples"][0]
+    sample = inf["first_sample"]
     tgt_dir, ref_dir = Path(inf["outputs_dir"]), paths.outputs("reference")
     arrays = sample.get("arrays", {})
     family = load_family(cfg["family"])

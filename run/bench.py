@@ -114,21 +114,22 @@ def pipeline_throughput(cfg, family, runner, paths, rows, log) -> dict:
     import tempfile
     from pathlib import Path
 
-    from .infer import InferRun, load_weights_meta, prefetch
+    from .engine import BlockWorker, plan_blocks
+    from .infer import iter_blocks, load_weights_meta
 
     n, bs = cfg["bench"]["pipeline_sources"], cfg["infer"]["batch_size"]
     sources = family.generate_sources(cfg, paths.build / "bench_sources", count=n, seed=12345)
     tmp = Path(tempfile.mkdtemp(prefix="bench-infer-", dir=paths.build))
     try:
-        job = InferRun(cfg, family, runner, load_weights_meta(paths, cfg), tmp / "in", tmp / "out", bs)
+        worker = BlockWorker(cfg, family, runner, load_weights_meta(paths, cfg), tmp, bs)
+        blocks = plan_blocks(len(sources), bs)
+        items = 0
         t0 = time.perf_counter()
-        for idx, (src, (items, _dt)) in enumerate(prefetch(job.prepare, sources, max(2, 2 * bs))):
-            job.add_source(idx, Path(src), items)
-        job.flush()
+        for entry in iter_blocks(worker, family, cfg, sources, blocks, range(len(blocks)), max(2, 2 * bs)):
+            items += entry["stats"]["items"]
         wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    items = len(job.items_manifest)
     model_row = next((r for r in rows if r["batch_size"] == bs), None)
     out = {"sources": n, "items": items, "batch_size": bs, "wall_s": wall, "items_per_s": items / wall,
            "definition": "generated files -> decode/preprocess (prefetch thread) -> .npy -> batched runner -> "

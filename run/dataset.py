@@ -79,29 +79,42 @@ def run_stage(argv: list[str], env: dict) -> dict:
             "peak_rss_mb": usage.ru_maxrss / 1024}          # Linux: kilobytes
 
 
-def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log) -> dict:
-    env = scratch_tree(paths, backend, root, sources, load_family(cfg["family"]).host_artifacts(cfg))
+def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log, engine: str = "local",
+            workers: int | None = None, compare: bool = True, keep: bool = False) -> dict:
+    if not keep:
+        scratch_tree(paths, backend, root, sources, load_family(cfg["family"]).host_artifacts(cfg))
+    env = {"PIPELINE_BUILD_DIR": str(root / "build"), "PIPELINE_RESULTS_DIR": str(root / "results"),
+           "PIPELINE_LOGS_DIR": str(root / "logs"), "ENGINE": engine, "WORKERS": str(workers or "")}
     model = cfg["name"]
     py = [sys.executable, "-m"]
-    log(f"dataset | {len(sources)} input(s): make infer, then make compare ({root})")
+    what = f"ENGINE={engine}" + (f" WORKERS={workers}" if workers else "")
+    log(f"dataset | {len(sources)} input(s), {what}: make infer" + (", then make compare" if compare else "") + f" ({root})")
     infer = run_stage([*py, "run.infer", "--model", model, "--backend", backend, "--input", str(root / "input")], env)
     if infer["exit_code"] != 0:
         raise PipelineError(f"make infer failed on the {len(sources)}-input dataset (exit {infer['exit_code']}); "
                             f"its error line is above, its log in {root / 'logs' / model}")
+    res = Path(env["PIPELINE_RESULTS_DIR"]) / model
+    inf = json.loads((res / "inference_result.json").read_text())
+    timing = inf["timing"]
+    run = {
+        "inputs": len(sources), "items": timing["items"], "batch_size": timing["batch_size"], "engine": what,
+        "root": str(root),
+        "infer": {**infer, "end_to_end_items_per_s": timing["end_to_end_items_per_s"],
+                  "inference_only_items_per_s": timing["inference_only_items_per_s"],
+                  "stage_wall_s": timing["wall_s"], "real_time_factor": timing.get("real_time_factor"),
+                  "audio_s": timing.get("audio_s"), "memory_trace": timing.get("memory_trace", []),
+                  "failed": inf.get("failed_count", 0), "resumed_blocks": timing.get("resumed_blocks", 0),
+                  "engine": inf.get("engine")},
+        "backend": inf["backend"], "device": inf["device"],
+    }
+    if not compare:
+        return run
     compare = run_stage([*py, "compare", "--model", model, "--backend", backend], env)
     if compare["exit_code"] not in (0, 1):                # 1 = FAILED gate, still a result
         raise PipelineError(f"make compare failed on the {len(sources)}-input dataset (exit {compare['exit_code']}); "
                             f"its error line is above, its log in {root / 'logs' / model}")
-    res = Path(env["PIPELINE_RESULTS_DIR"]) / model
-    inf = json.loads((res / "inference_result.json").read_text())
     acc = json.loads((res / "accuracy_eval.json").read_text())
-    timing = inf["timing"]
-    return {
-        "inputs": len(sources), "items": timing["items"], "batch_size": timing["batch_size"],
-        "infer": {**infer, "end_to_end_items_per_s": timing["end_to_end_items_per_s"],
-                  "inference_only_items_per_s": timing["inference_only_items_per_s"],
-                  "stage_wall_s": timing["wall_s"], "real_time_factor": timing.get("real_time_factor"),
-                  "audio_s": timing.get("audio_s"), "memory_trace": timing.get("memory_trace", [])},
+    return {**run,
         "compare": {**compare, "verdict": acc["verdict"], "memory_trace": acc.get("memory_trace", []),
                     "outputs": {name: {k: o["summary"][k] for k in ("samples", "failed_samples", "worst_rel_l2",
                                                                       "worst_rel_l2_item", "min_cosine", "median_rel_l2",
@@ -109,7 +122,104 @@ def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log) -> d
                                 for name, o in acc["outputs"].items()}},
         "verdict_lines": [ln for ln in (Path(env["PIPELINE_LOGS_DIR"]) / model / "accuracy_eval.log")
                           .read_text().splitlines() if ln.startswith(("PASSED |", "FAILED |"))],
-        "backend": inf["backend"], "device": inf["device"],
+    }
+
+
+def same_outputs(a: Path, b: Path, model: str, backend: str) -> dict:
+    """Byte-for-byte comparison of two runs' saved inputs, outputs and per-file summaries."""
+    files, differ = 0, []
+    for sub in (Path("build", model, "inputs"), Path("build", model, "outputs", backend)):
+        names = sorted({p.relative_to(a / sub) for p in (a / sub).rglob("*") if p.is_file()}
+                       | {p.relative_to(b / sub) for p in (b / sub).rglob("*") if p.is_file()})
+        for rel in names:
+            fa, fb = a / sub / rel, b / sub / rel
+            files += 1
+            if not (fa.exists() and fb.exists()) or fa.read_bytes() != fb.read_bytes():
+                if rel.name != "manifest.json" or not _same_manifest(fa, fb):
+                    differ.append(str(sub / rel))
+    ja, jb = (r / "results" / model / "inference_result.jsonl" for r in (a, b))
+    sa, sb = ([_strip_timing(json.loads(x)) for x in f.read_text().splitlines()] for f in (ja, jb))
+    if sa != sb:
+        differ.append(str(ja.relative_to(a)))
+    return {"files_compared": files, "identical": not differ, "differ": differ[:10]}
+
+
+def _same_manifest(fa: Path, fb: Path) -> bool:
+    """Output manifests name the runner (engine, pid): equal when everything else is."""
+    if not (fa.exists() and fb.exists()):
+        return False
+    ma, mb = json.loads(fa.read_text()), json.loads(fb.read_text())
+    return {k: v for k, v in ma.items() if k not in ("runner", "device")} == \
+        {k: v for k, v in mb.items() if k not in ("runner", "device")}
+
+
+def _strip_timing(rec: dict) -> dict:
+    summary = rec.get("summary")
+    if isinstance(summary, dict):
+        rec["summary"] = {k: v for k, v in summary.items() if "real_time" not in k and not k.endswith("_wall_s")}
+    return rec
+
+
+def interrupted_run(cfg, paths, backend, sources, root: Path, log, fraction: float = 0.5) -> dict:
+    """make infer killed (SIGKILL) once `fraction` of its blocks are journaled, then run again: the resume."""
+    import signal
+
+    scratch_tree(paths, backend, root, sources, load_family(cfg["family"]).host_artifacts(cfg))
+    env = {**os.environ, "PIPELINE_BUILD_DIR": str(root / "build"), "PIPELINE_RESULTS_DIR": str(root / "results"),
+           "PIPELINE_LOGS_DIR": str(root / "logs"), "ENGINE": "local"}
+    journal = root / "build" / cfg["name"] / "infer-work" / backend / "journal.jsonl"
+    blocks = -(-len(sources) // cfg["infer"]["batch_size"])
+    argv = [sys.executable, "-m", "run.infer", "--model", cfg["name"], "--backend", backend, "--input", str(root / "input")]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = 0
+    while proc.poll() is None:
+        done = max(0, len(journal.read_bytes().splitlines()) - 1) if journal.exists() else 0
+        if done >= fraction * blocks:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    killed_s = time.perf_counter() - t0
+    log(f"dataset | resume: make infer killed after {done} of {blocks} block(s) ({killed_s:.1f} s); running it again")
+    rerun = one_run(cfg, paths, backend, sources, root, log, compare=False, keep=True)
+    return {"inputs": len(sources), "blocks": blocks, "killed_after_blocks": done, "killed_after_s": killed_s,
+            "resume_wall_s": rerun["infer"]["wall_s"], "resumed_blocks": rerun["infer"]["resumed_blocks"],
+            "run": rerun}
+
+
+def scale_out(cfg, paths, backend, sources, small: int, local_small: dict, local_full: dict, work: Path, log) -> dict:
+    """ENGINE=ray against the local engine on the same inputs, in this run: overhead, workers, identity, resume."""
+    r1 = one_run(cfg, paths, backend, sources[:small], work / "ray-small-w1", log, engine="ray", workers=1)
+    r2 = one_run(cfg, paths, backend, sources[:small], work / "ray-small-w2", log, engine="ray", workers=2, compare=False)
+    rf = one_run(cfg, paths, backend, sources, work / "ray-full-w1", log, engine="ray", workers=1, compare=False)
+    resume = interrupted_run(cfg, paths, backend, sources[:small], work / "resume", log)
+    model = cfg["name"]
+
+    def per_s(run):       # whole stage process: start-up, model load, cluster start, all inputs
+        return run["inputs"] / run["infer"]["wall_s"]
+
+    def overhead(local, ray, target):
+        return {"inputs": local["inputs"], "local_files_per_s": per_s(local), "ray_files_per_s": per_s(ray),
+                "local_wall_s": local["infer"]["wall_s"], "ray_wall_s": ray["infer"]["wall_s"],
+                "ray_slower_by": per_s(local) / per_s(ray) - 1, "target": target,
+                "meets_target": per_s(local) / per_s(ray) - 1 <= target}
+
+    return {
+        "overhead": [overhead(local_small, r1, 0.15), overhead(local_full, rf, 0.05)],
+        "workers": {"1": per_s(r1), "2": per_s(r2),
+                    "why": f"this machine has {os.cpu_count()} cores: one onnxruntime worker already uses them all, "
+                           "so a second worker splits the same cores (each gets half the threads); on NPUs each "
+                           "worker holds its own chip"},
+        "identical": {"full_local_vs_ray_w1": same_outputs(Path(local_full["root"]), Path(rf["root"]), model, backend),
+                      "small_local_vs_ray_w1": same_outputs(Path(local_small["root"]), Path(r1["root"]), model, backend),
+                      "small_local_vs_ray_w2": same_outputs(Path(local_small["root"]), Path(r2["root"]), model, backend),
+                      "small_local_vs_resumed": same_outputs(Path(local_small["root"]), work / "resume", model, backend)},
+        "resume": {**{k: v for k, v in resume.items() if k != "run"},
+                   "uninterrupted_wall_s": local_small["infer"]["wall_s"]},
+        "driver_memory": {"peak_rss_mb": rf["infer"]["peak_rss_mb"], "in_run": in_run(rf["infer"]["memory_trace"])},
+        "ray_compare": r1.get("compare", {}).get("verdict"),
+        "runs": {"ray_small_w1": r1, "ray_small_w2": r2, "ray_full_w1": rf},
     }
 
 
@@ -160,10 +270,12 @@ def main(argv=None) -> int:
     ap.add_argument("--count", type=int, default=int(os.environ.get("COUNT", "1000") or 1000))
     ap.add_argument("--small", type=int, default=0, help="size of the first run (default: count / 10)")
     ap.add_argument("--seed", type=int, default=777)
+    ap.add_argument("--engine", default=os.environ.get("ENGINE", "") or "local")
     args = ap.parse_args(argv)
+    ray = args.engine == "ray"
     if args.count < 2:
         raise PipelineError(f"COUNT={args.count}: a dataset run needs at least 2 inputs")
-    small = args.small or max(1, args.count // 10)
+    small = args.small or max(1, args.count // (5 if ray else 10))
     if not 1 <= small < args.count:
         raise PipelineError(f"--small {small} must be at least 1 and below COUNT={args.count}")
     cfg = load_config(args.model, stage="dataset")
@@ -182,6 +294,7 @@ def main(argv=None) -> int:
     runs = [one_run(cfg, paths, backend, sources[:small], work / "run-small", log),
             one_run(cfg, paths, backend, sources, work / "run-full", log)]
     full = runs[-1]
+    scale = scale_out(cfg, paths, backend, sources, small, runs[0], full, work, log) if ray else None
     ref = model_only(paths, backend, full, family.has("time_input", cfg))
     mem = {stage: {"small_mb": runs[0][stage]["peak_rss_mb"], "full_mb": full[stage]["peak_rss_mb"],
                    "growth_mb": full[stage]["peak_rss_mb"] - runs[0][stage]["peak_rss_mb"],
@@ -191,7 +304,7 @@ def main(argv=None) -> int:
     result.update({
         "backend": full["backend"], "device": full["device"], "count": args.count, "small_count": small,
         "seed": args.seed, "generator": f"models.{cfg['family']}.generate_sources", "generate_s": gen_s,
-        "runs": runs, "memory": mem, "verdict": full["compare"]["verdict"],
+        "runs": runs, "memory": mem, "verdict": full["compare"]["verdict"], "engine_ray": scale,
         "model_only": ref,
         "ratio_to_model_only": ref["run_value"] / ref["value"] if ref else None,
         "ratio_to_runner_calls": full["infer"]["end_to_end_items_per_s"] / full["infer"]["inference_only_items_per_s"],
@@ -222,9 +335,21 @@ def main(argv=None) -> int:
            "; no model-only figure for this backend and batch size: run `make bench`"))
     for line in full["verdict_lines"]:
         log(line)
+    if scale:
+        for o in scale["overhead"]:
+            log(f"dataset | ENGINE=ray, 1 worker, {o['inputs']} inputs: {o['ray_files_per_s']:.2f} files/s vs local "
+                f"{o['local_files_per_s']:.2f} ({o['ray_slower_by']:+.1%}; target at most {o['target']:.0%})")
+        log(f"dataset | ENGINE=ray workers 1 / 2: {scale['workers']['1']:.2f} / {scale['workers']['2']:.2f} files/s")
+        for k, v in scale["identical"].items():
+            log(f"dataset | outputs {k}: {'identical' if v['identical'] else 'DIFFER ' + ', '.join(v['differ'])} "
+                f"({v['files_compared']} files)")
+        r = scale["resume"]
+        log(f"dataset | resume after a kill at {r['killed_after_blocks']}/{r['blocks']} blocks: {r['resume_wall_s']:.1f} s "
+            f"(uninterrupted {r['uninterrupted_wall_s']:.1f} s)")
     log(f"dataset | results/{cfg['name']}/dataset_run.json")
     log.save()
-    return 0 if full["compare"]["verdict"] == "PASSED" else 1
+    same = all(v["identical"] for v in scale["identical"].values()) if scale else True
+    return 0 if full["compare"]["verdict"] == "PASSED" and same else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""make infer: preprocess inputs on the host, save them as .npy, run the target backend, summarise outputs."""
+"""make infer: preprocess inputs on the host, save them as .npy, run the target backend, summarise outputs.
+
+Resumable and streaming: sources run in blocks (run/engine.py) whose results are journaled as they finish, so
+an interrupted run resumes where it stopped and ends with the same files as an uninterrupted one. Per-file
+summaries stream to results/<model>/inference_result.jsonl; inference_result.json holds the header, the totals
+and a pointer to the JSONL. ENGINE=ray runs the same blocks in Ray Data actors (run/ray_engine.py).
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,36 +17,36 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
-from pipeline import provenance
-from pipeline.atomic import save_npy, write_json
+from convert.targets import load_target, open_runner
+from models.contract import DURATION_KEY
+from pipeline import backends, provenance
+from pipeline.atomic import _default, atomic_path, write_json
 from pipeline.config import load_config, load_family
-from pipeline.errors import PipelineError, cli
+from pipeline.errors import ConfigError, InputError, PipelineError, cli
 from pipeline.log import StageLog
 from pipeline.paths import ModelPaths
 from pipeline.progress import Progress
 
-from convert.targets import open_runner
-from models.contract import DURATION_KEY
-from pipeline.batching import feed_names, rows_of, run_rows, signature, split, stack
+from .engine import JOURNAL, BlockWorker, Journal, plan_blocks, prepare_source, run_key
+
+ENGINES = ("local", "ray")
 
 
-def prefetch(fn, sources, depth: int):
-    """Yield (source, result) in order, preparing up to `depth` sources ahead in a worker thread."""
+def prefetch(fn, args_iter, depth: int):
+    """Yield fn(*args) in order, computing up to `depth` ahead in a worker thread."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         queue = deque()
-        it = iter(sources)
-        for src in it:
-            queue.append((src, pool.submit(fn, src)))
+        it = iter(args_iter)
+        for a in it:
+            queue.append(pool.submit(fn, *a))
             if len(queue) >= depth:
                 break
         while queue:
-            src, fut = queue.popleft()
+            fut = queue.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                queue.append((nxt, pool.submit(fn, nxt)))
-            yield src, fut.result()
+                queue.append(pool.submit(fn, *nxt))
+            yield fut.result()
 
 
 def load_weights_meta(paths: ModelPaths, cfg: dict) -> dict:
@@ -50,102 +56,81 @@ def load_weights_meta(paths: ModelPaths, cfg: dict) -> dict:
     return json.loads(path.read_text())
 
 
-def _jsonable(v):
-    return isinstance(v, (str, int, float, bool, type(None))) or (
-        isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float, bool)) for x in v))
+def iter_blocks(worker: BlockWorker, family, cfg, sources, blocks, todo, depth: int):
+    """Journal entries of the `todo` blocks in order; preparation runs ahead in a thread (bounded queue)."""
+    input_meta = worker.runner.get_input_metadata()
+    order = [(b, idx) for b in todo for idx in blocks[b]]
+    prepared = prefetch(lambda b, idx: (b, prepare_source(family, cfg, input_meta, idx, Path(sources[idx]))),
+                        order, depth)
+    current, bucket = None, []
+    for b, p in prepared:
+        if current is not None and b != current:
+            yield worker.run_block(current, bucket)
+            bucket = []
+        current = b
+        bucket.append(p)
+    if bucket:
+        yield worker.run_block(current, bucket)
 
 
-class InferRun:
-    """Streams sources through prepare -> batched runner -> postprocess, writing into staging folders."""
-
-    def __init__(self, cfg, family, runner, weights_meta, inputs_dir: Path, outputs_dir: Path, batch_size: int):
-        self.cfg, self.family, self.runner, self.meta = cfg, family, runner, weights_meta
-        self.inputs_dir, self.outputs_dir = inputs_dir, outputs_dir
-        self.names = feed_names(cfg)
-        self.batch_size = batch_size
-        self.input_meta = runner.get_input_metadata()
-        self.pad = cfg["infer"].get("pad", "repeat")
-        self.device_runs = 0
-        self.pending: dict[tuple, list] = {}
-        self.open_sources: dict[int, dict] = {}
-        self.items_manifest, self.samples = [], []
-        self.t_infer = self.t_post = 0.0
-        self.batches = 0
-
-    def prepare(self, source):
-        t0 = time.perf_counter()
-        items = self.family.prepare(source, self.cfg, self.input_meta)
-        return items, time.perf_counter() - t0
-
-    def add_source(self, idx: int, source: Path, items: list[dict]) -> None:
-        if not items:
-            raise PipelineError(f"{source}: the model family produced no input items; check the file")
-        self.open_sources[idx] = {"source": source, "n": len(items), "outs": {}, "ids": []}
-        for k, item in enumerate(items):
-            item_id = f"{idx:05d}_{k:03d}"
-            files = {}
-            for n in self.names:
-                if n not in item:
-                    raise PipelineError(f"{source}: prepared item lacks input '{n}'")
-                item[n] = np.ascontiguousarray(item[n])
-                files[n] = f"{item_id}.{n}.npy"
-                save_npy(self.inputs_dir / files[n], item[n])
-            context = {k2: v for k2, v in item.items() if k2.startswith("_")}
-            self.items_manifest.append({"id": item_id, "source_index": idx, "chunk": k, "files": files,
-                                        "shapes": {n: list(item[n].shape) for n in self.names},
-                                        "context": {k2: v for k2, v in context.items() if _jsonable(v)}})
-            self.open_sources[idx]["ids"].append(item_id)
-            sig = signature(item, self.names)
-            self.pending.setdefault(sig, []).append((item_id, idx, k, item, context))
-            if len(self.pending[sig]) >= self.batch_size:
-                self.run_batch(self.pending.pop(sig))
-
-    def flush(self) -> None:
-        for sig in list(self.pending):
-            self.run_batch(self.pending.pop(sig))
-
-    def run_batch(self, batch: list) -> None:
-        feeds = stack([b[3] for b in batch], self.names)
-        t0 = time.perf_counter()
-        out, runs = run_rows(self.runner, feeds, self.pad)
-        self.t_infer += time.perf_counter() - t0
-        self.batches += 1
-        self.device_runs += runs
-        for (item_id, idx, k, _item, context), res in zip(batch, split(out, [rows_of(b[3], self.names) for b in batch])):
-            for name, arr in res.items():
-                save_npy(self.outputs_dir / "items" / f"{item_id}.{name}.npy", arr)
-            state = self.open_sources[idx]
-            state["outs"][k] = {**res, **context}
-            if len(state["outs"]) == state["n"]:
-                self.finish_source(idx)
-
-    def finish_source(self, idx: int) -> None:
-        state = self.open_sources.pop(idx)
-        source = state["source"]
-        t0 = time.perf_counter()
-        summary, arrays = self.family.postprocess(self.cfg, source, [state["outs"][k] for k in range(state["n"])],
-                                                  self.meta)
-        saved = {}
-        for name, arr in arrays.items():
-            rel = Path("post") / f"{idx:05d}_{_safe(source.stem)}.{name}.npy"
-            save_npy(self.outputs_dir / rel, np.asarray(arr))
-            saved[name] = {"file": str(rel), "shape": list(np.shape(arr))}
-        self.t_post += time.perf_counter() - t0
-        self.samples.append({"index": idx, "source": str(source), "source_sha256": provenance.sha256_file(source),
-                             "items": state["ids"], "summary": summary, "arrays": saved})
-
-
-def _safe(stem: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60]
+def run_local(cfg, family, runner, meta, work, sources, blocks, todo, journal, progress, batch_size) -> None:
+    worker = BlockWorker(cfg, family, runner, meta, work, batch_size)
+    for entry in iter_blocks(worker, family, cfg, sources, blocks, todo, max(2, 2 * batch_size)):
+        journal.append(entry)
+        progress.update(len(entry["records"]))
 
 
 def _swap_dir(staging: Path, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
         shutil.rmtree(old, ignore_errors=True)
-    os.replace(staging, final)
+    if staging.exists():
+        os.replace(staging, final)
+    else:
+        final.mkdir(parents=True)
+
+
+def finish(journal: Journal, work: Path, paths: ModelPaths, cfg: dict, backend: str) -> dict:
+    """Manifests and the streamed results from the journal, in source order; then the folders move in place."""
+    names = [t["name"] for t in cfg["inputs"]]
+    items, failed, n_ok, audio_s = [], [], 0, 0.0
+    stats = {"infer_s": 0.0, "post_s": 0.0, "prepare_s": 0.0, "batches": 0, "device_runs": 0, "items": 0}
+    jsonl = paths.results / "inference_result.jsonl"
+    first = None
+    with atomic_path(jsonl) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for entry in journal.entries():
+            for k, v in entry["stats"].items():
+                stats[k] += v
+            for rec in entry["records"]:
+                if "error" in rec:
+                    failed.append({"index": rec["index"], "source": rec["source"], "error": rec["error"]})
+                    out.write(json.dumps({"index": rec["index"], "source": rec["source"], "error": rec["error"]}) + "\n")
+                    continue
+                items.extend(rec["manifest"])
+                sample = {k: rec[k] for k in ("index", "source", "source_sha256", "items", "summary", "arrays")}
+                first = first or sample
+                n_ok += 1
+                if isinstance(rec["summary"], dict) and isinstance(rec["summary"].get(DURATION_KEY), (int, float)):
+                    audio_s += rec["summary"][DURATION_KEY]
+                out.write(json.dumps(sample, default=_default, allow_nan=True) + "\n")
+    return {"items": items, "failed": failed, "sources_ok": n_ok, "audio_s": audio_s, "stats": stats,
+            "jsonl": jsonl, "first": first, "names": names}
+
+
+def bad_share_check(failed: list, total: int, cfg: dict, fail_on_bad: bool) -> str | None:
+    """Why the run must exit non-zero because of bad inputs, or None."""
+    if not failed:
+        return None
+    limit = cfg["infer"]["max_bad_share"]
+    share = len(failed) / max(total, 1)
+    if fail_on_bad or share > limit:
+        why = "FAIL_ON_BAD=1" if fail_on_bad else f"{share:.1%} of the inputs, above infer.max_bad_share {limit:.1%}"
+        return (f"{len(failed)} of {total} input file(s) failed ({why}); first: {failed[0]['error']}; "
+                "fix or remove them, the list is in results/<model>/inference_result.jsonl")
+    return None
 
 
 @cli
@@ -156,18 +141,22 @@ def main(argv=None) -> int:
     ap.add_argument("--input", default=os.environ.get("INPUT", ""))
     ap.add_argument("--device", type=int, default=int(os.environ.get("DEVICE", "0") or 0))
     ap.add_argument("--batch-size", type=int, default=0)
+    ap.add_argument("--engine", default=os.environ.get("ENGINE", "") or "local")
+    ap.add_argument("--workers", default=os.environ.get("WORKERS", ""))
+    ap.add_argument("--fail-on-bad", action="store_true", default=os.environ.get("FAIL_ON_BAD", "") == "1")
     args = ap.parse_args(argv)
+    if args.engine not in ENGINES:
+        raise ConfigError(f"unknown ENGINE '{args.engine}'; use one of: {', '.join(ENGINES)}")
 
     cfg = load_config(args.model, stage="infer")
     paths = ModelPaths(cfg["name"])
     family = load_family(cfg["family"])
-    notes = []
-    runner = open_runner(cfg, args.backend, args.device, log=notes.append)
-    backend = runner.backend
+    backend, notes = backends.run_backend(cfg, args.backend)
+    target = load_target(cfg, backend)
     weights_meta = load_weights_meta(paths, cfg)
     log = StageLog(paths.logs / f"infer-{backend}.log")
     for note in notes:
-        log(f"infer | {note}")
+        log(f"infer | {cfg['name']} | {note}")
     batch_size = args.batch_size or cfg["infer"]["batch_size"]
 
     if args.input:
@@ -176,72 +165,103 @@ def main(argv=None) -> int:
     else:
         sources = family.generate_sources(cfg, paths.build / "samples")
         input_desc = {"kind": "generated", "folder": str(paths.build / "samples"), "seed": cfg["infer"]["seed"]}
-    log(f"infer | {cfg['name']} on {backend} ({runner.device}): {len(sources)} input file(s), batch {batch_size}")
+    sources = [Path(s) for s in sources]
+    work = paths.build / "infer-work" / backend
+    journal = Journal(work / JOURNAL, run_key(cfg, backend, sources, target, batch_size))
+    done = journal.open(lambda msg: log(f"infer | notice | {msg}"))
+    if done and journal.keep_complete(work, [t["name"] for t in cfg["outputs"]]):
+        done = dict(journal.offsets)
+    if not done:
+        for sub in ("inputs", "outputs"):
+            shutil.rmtree(work / sub, ignore_errors=True)
+    blocks = plan_blocks(len(sources), batch_size)
+    todo = [b for b in range(len(blocks)) if b not in done]
+    if done:
+        log(f"infer | resuming: {len(done)} of {len(blocks)} block(s) were finished by an earlier run; "
+            f"{len(todo)} to go")
+    progress = Progress(len(sources), "infer")
+    progress.update(sum(len(blocks[b]) for b in done))
 
-    inputs_stage = paths.inputs.with_name("inputs.staging")
-    outputs_stage = paths.outputs(backend).with_name(backend + ".staging")
-    for d in (inputs_stage, outputs_stage):
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-    t_prep = 0.0
-    try:
-        t_load = time.perf_counter()
+    t_load = time.perf_counter()
+    if args.engine == "ray":
+        from .ray_engine import run_ray
+
+        runner_desc, device, engine_info = run_ray(cfg, backend, target, weights_meta, work, sources, blocks, todo,
+                                                   journal, progress, batch_size, args.workers, args.device, log)
+        t_start, load_s = t_load, None
+    else:
+        runner = open_runner(cfg, backend, args.device)
         with runner:
             t_start = time.perf_counter()
             load_s = t_start - t_load
-            job = InferRun(cfg, family, runner, weights_meta, inputs_stage, outputs_stage, batch_size)
-            depth = max(2, 2 * batch_size)
-            progress = Progress(len(sources), "infer")
-            for idx, (source, (items, dt)) in enumerate(prefetch(job.prepare, sources, depth)):
-                t_prep += dt
-                job.add_source(idx, Path(source), items)
-                progress.update()
-            job.flush()
-            progress.close()
-        wall = time.perf_counter() - t_start
-        manifest = {"model": cfg["name"], "input": input_desc, "feeds": job.names,
-                    "sources": [str(s) for s in sources], "items": job.items_manifest}
-        write_json(inputs_stage / "manifest.json", manifest)
-        manifest_sha = provenance.sha256_file(inputs_stage / "manifest.json")
-        write_json(outputs_stage / "manifest.json", {"backend": backend, "device": runner.device,
-                                                     "runner": runner.describe(), "inputs_manifest_sha256": manifest_sha,
-                                                     "outputs": [t["name"] for t in cfg["outputs"]],
-                                                     "items": [it["id"] for it in job.items_manifest]})
-        _swap_dir(inputs_stage, paths.inputs)
-        _swap_dir(outputs_stage, paths.outputs(backend))
-    finally:
-        shutil.rmtree(inputs_stage, ignore_errors=True)
-        shutil.rmtree(outputs_stage, ignore_errors=True)
+            log(f"infer | {cfg['name']} on {backend} ({runner.device}): {len(sources)} input file(s), batch {batch_size}")
+            run_local(cfg, family, runner, weights_meta, work, sources, blocks, todo, journal, progress, batch_size)
+        runner_desc, device, engine_info = runner.describe(), runner.device, {"engine": "local"}
+    progress.close()
+    wall = time.perf_counter() - t_start
 
-    n_items = len(job.items_manifest)
-    samples = sorted(job.samples, key=lambda s: s["index"])
+    res = finish(journal, work, paths, cfg, backend)
+    if not res["items"]:
+        raise InputError(res["failed"][0]["error"] if res["failed"] else "no input produced an item")
+    manifest = {"model": cfg["name"], "input": input_desc, "feeds": res["names"],
+                "sources": [str(s) for s in sources], "items": res["items"]}
+    write_json(work / "inputs" / "manifest.json", manifest)
+    manifest_sha = provenance.sha256_file(work / "inputs" / "manifest.json")
+    write_json(work / "outputs" / "manifest.json", {
+        "backend": backend, "device": device, "runner": runner_desc, "inputs_manifest_sha256": manifest_sha,
+        "outputs": [t["name"] for t in cfg["outputs"]], "items": [it["id"] for it in res["items"]]})
+    _swap_dir(work / "inputs", paths.inputs)
+    _swap_dir(work / "outputs", paths.outputs(backend))
+
+    st, n_items = res["stats"], len(res["items"])
     timing = {
-        "runner_load_s": load_s, "wall_s": wall, "preprocess_s": t_prep, "inference_s": job.t_infer, "postprocess_s": job.t_post,
-        "items": n_items, "batches": job.batches, "device_runs": job.device_runs, "batch_size": batch_size,
-        "accepted_batch_sizes": runner.accepted_batch_sizes(), "pad": job.pad,
+        "runner_load_s": load_s, "wall_s": wall, "preprocess_s": st["prepare_s"], "inference_s": st["infer_s"],
+        "postprocess_s": st["post_s"], "items": n_items, "batches": st["batches"], "device_runs": st["device_runs"],
+        "batch_size": batch_size, "pad": cfg["infer"]["pad"],
+        "resumed_blocks": len(done), "blocks": len(blocks),
         "end_to_end_items_per_s": n_items / wall if wall > 0 else None,
-        "inference_only_items_per_s": n_items / job.t_infer if job.t_infer > 0 else None,
+        "inference_only_items_per_s": n_items / st["infer_s"] if st["infer_s"] > 0 else None,
         "memory_trace": progress.trace,
         "definition": ("items per second of wall time after the runner is loaded (preprocessing, I/O, "
-                       "inference, postprocessing); inference_only counts only runner.infer calls; "
-                       "memory_trace: resident MB of this process after every 10% of the input files"),
+                       "inference, postprocessing); inference_only counts only runner calls; resumed runs count "
+                       "this run's wall time and all items; memory_trace: resident MB of this process after "
+                       "every 10% of the input files"),
     }
     if family.has("time_input", cfg):
-        durations = [s["summary"][DURATION_KEY] for s in samples]
-        timing["audio_s"] = float(sum(durations))
-        timing["real_time_factor"] = float(sum(durations)) / wall if wall > 0 else None
+        timing["audio_s"] = res["audio_s"]
+        timing["real_time_factor"] = res["audio_s"] / wall if wall > 0 else None
         timing["real_time_factor_definition"] = "seconds of audio per second of wall time (higher is faster)"
     result = provenance.header("infer", cfg)
-    result.update({"backend": backend, "device": runner.device, "runner": runner.describe(),
+    result.update({"backend": backend, "device": device, "runner": runner_desc, "engine": engine_info,
                    "weights": weights_meta, "input": input_desc, "timing": timing,
                    "inputs_dir": str(paths.inputs), "outputs_dir": str(paths.outputs(backend)),
-                   "inputs_manifest_sha256": manifest_sha, "samples": samples})
+                   "inputs_manifest_sha256": manifest_sha, "sources": len(sources),
+                   "sources_ok": res["sources_ok"], "failed_count": len(res["failed"]),
+                   "failed": res["failed"][:50], "samples_file": res["jsonl"].name, "first_sample": res["first"]})
     write_json(paths.results / "inference_result.json", result)
-    log(f"infer | {n_items} item(s) from {len(samples)} file(s) in {wall:.2f} s: "
-        f"{timing['end_to_end_items_per_s']:.2f} items/s end to end, "
-        f"{timing['inference_only_items_per_s']:.2f} items/s in the runner; results/{cfg['name']}/inference_result.json")
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"infer | {n_items} item(s) from {res['sources_ok']} file(s) in {wall:.2f} s"
+        + (f" ({len(done)} block(s) resumed)" if done else "")
+        + f": {timing['end_to_end_items_per_s']:.2f} items/s end to end"
+        + (f", {timing['inference_only_items_per_s']:.2f} items/s in the runner" if timing["inference_only_items_per_s"] else "")
+        + f"; results/{cfg['name']}/inference_result.json")
+    for f in res["failed"][:20]:
+        log(f"infer | failed | {f['source']}: {f['error']}")
     log.save()
+    why = bad_share_check(res["failed"], len(sources), cfg, args.fail_on_bad)
+    if why:
+        raise InputError(why)
     return 0
+
+
+def read_samples(paths: ModelPaths):
+    """The streamed per-file results of the last `make infer` (one dict per line)."""
+    path = paths.results / "inference_result.jsonl"
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
 
 
 if __name__ == "__main__":

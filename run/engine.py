@@ -1,0 +1,218 @@
+"""The unit of work of `make infer` on any engine: a block of consecutive source files, and its journal.
+
+A block holds `infer.batch_size` sources; its items are batched by equal shapes within the block only, so the
+batches, and with them every output byte, depend on the source list alone, never on where a run was
+interrupted or which worker ran the block. The local engine runs blocks in order in this process; the Ray
+engine (run/ray_engine.py) runs the same `BlockWorker.run_block` in actors. Both write each item's inputs and
+outputs atomically and append one journal line per finished block, so a rerun skips finished blocks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import provenance
+from pipeline.atomic import _default, save_npy
+from pipeline.batching import feed_names, rows_of, run_rows, signature, split, stack
+from pipeline.errors import PipelineError
+
+JOURNAL = "journal.jsonl"
+
+
+def plan_blocks(n_sources: int, block_size: int) -> list[list[int]]:
+    return [list(range(i, min(i + block_size, n_sources))) for i in range(0, n_sources, block_size)]
+
+
+def item_id(idx: int, k: int) -> str:
+    return f"{idx:05d}_{k:03d}"
+
+
+def _jsonable(v):
+    return isinstance(v, (str, int, float, bool, type(None))) or (
+        isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float, bool)) for x in v))
+
+
+def _safe(stem: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60]
+
+
+def prepare_source(family, cfg, input_meta, idx: int, source: Path) -> dict:
+    """Decode and preprocess one source: {"index", "source", "items"} or {"index", "source", "error"}."""
+    t0 = time.perf_counter()
+    try:
+        items = family.prepare(source, cfg, input_meta)
+        if not items:
+            raise PipelineError(f"{source}: the model family produced no input items; check the file")
+        names = feed_names(cfg)
+        for it in items:
+            missing = [n for n in names if n not in it]
+            if missing:
+                raise PipelineError(f"{source}: prepared item lacks input(s) {missing}")
+            for n in names:
+                it[n] = np.ascontiguousarray(it[n])
+        return {"index": idx, "source": str(source), "items": items, "prepare_s": time.perf_counter() - t0}
+    except PipelineError as exc:
+        return {"index": idx, "source": str(source), "error": " ".join(str(exc).split()),
+                "prepare_s": time.perf_counter() - t0}
+
+
+class BlockWorker:
+    """Runs prepared blocks through one opened runner; writes inputs/outputs per item under `work`."""
+
+    def __init__(self, cfg, family, runner, meta: dict, work: Path, batch_size: int):
+        self.cfg, self.family, self.runner, self.meta = cfg, family, runner, meta
+        self.work, self.batch_size = work, batch_size
+        self.names = feed_names(cfg)
+        self.pad = cfg["infer"]["pad"]
+
+    def run_block(self, block: int, prepared: list[dict]) -> dict:
+        """One block's journal entry: {"block", "records": [...], "stats": {...}}."""
+        stats = {"infer_s": 0.0, "post_s": 0.0, "prepare_s": 0.0, "batches": 0, "device_runs": 0, "items": 0}
+        pending: dict[tuple, list] = {}
+        outs: dict[int, dict] = {}
+        records = {}
+        for p in prepared:
+            stats["prepare_s"] += p.get("prepare_s", 0.0)
+            if "error" in p:
+                records[p["index"]] = {"index": p["index"], "source": p["source"], "error": p["error"]}
+                continue
+            outs[p["index"]] = {}
+            entries = []
+            for k, item in enumerate(p["items"]):
+                iid = item_id(p["index"], k)
+                files = {n: f"{iid}.{n}.npy" for n in self.names}
+                for n in self.names:
+                    save_npy(self.work / "inputs" / files[n], item[n])
+                context = {c: v for c, v in item.items() if c.startswith("_")}
+                entries.append({"id": iid, "source_index": p["index"], "chunk": k, "files": files,
+                                "shapes": {n: list(item[n].shape) for n in self.names},
+                                "context": {c: v for c, v in context.items() if _jsonable(v)}})
+                pending.setdefault(signature(item, self.names), []).append((iid, p["index"], k, item, context))
+            records[p["index"]] = {"index": p["index"], "source": p["source"], "manifest": entries}
+        for group in pending.values():
+            for i in range(0, len(group), self.batch_size):
+                self._run_batch(group[i:i + self.batch_size], outs, stats)
+        for p in prepared:
+            if "error" in p:
+                continue
+            rec = records[p["index"]]
+            t0 = time.perf_counter()
+            try:
+                rec.update(self._postprocess(p, outs[p["index"]]))
+            except PipelineError as exc:
+                rec = {"index": p["index"], "source": p["source"], "error": " ".join(str(exc).split())}
+            records[p["index"]] = rec
+            stats["post_s"] += time.perf_counter() - t0
+        return {"block": block, "records": [records[p["index"]] for p in prepared], "stats": stats}
+
+    def _run_batch(self, batch: list, outs: dict, stats: dict) -> None:
+        feeds = stack([b[3] for b in batch], self.names)
+        t0 = time.perf_counter()
+        out, runs = run_rows(self.runner, feeds, self.pad)
+        stats["infer_s"] += time.perf_counter() - t0
+        stats["batches"] += 1
+        stats["device_runs"] += runs
+        stats["items"] += len(batch)
+        for (iid, idx, k, _item, context), res in zip(batch, split(out, [rows_of(b[3], self.names) for b in batch])):
+            for name, arr in res.items():
+                save_npy(self.work / "outputs" / "items" / f"{iid}.{name}.npy", arr)
+            outs[idx][k] = {**res, **context}
+
+    def _postprocess(self, p: dict, outs: dict) -> dict:
+        source = Path(p["source"])
+        items = [outs[k] for k in range(len(p["items"]))]
+        summary, arrays = self.family.postprocess(self.cfg, source, items, self.meta)
+        saved = {}
+        for name, arr in arrays.items():
+            rel = Path("post") / f"{p['index']:05d}_{_safe(source.stem)}.{name}.npy"
+            save_npy(self.work / "outputs" / rel, np.asarray(arr))
+            saved[name] = {"file": str(rel), "shape": list(np.shape(arr))}
+        return {"source_sha256": provenance.sha256_file(source),
+                "items": [item_id(p["index"], k) for k in range(len(p["items"]))], "summary": summary, "arrays": saved}
+
+
+class Journal:
+    """One JSON line per finished block, appended and fsynced; the first line holds the run key."""
+
+    def __init__(self, path: Path, run_key: str):
+        self.path, self.run_key = path, run_key
+        self.offsets: dict[int, int] = {}
+
+    def open(self, notice) -> dict[int, int]:
+        """Blocks already finished by an earlier run with the same key; a journal of another run is discarded."""
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                head = f.readline()
+                try:
+                    key = json.loads(head).get("run_key")
+                except ValueError:
+                    key = None
+                if key == self.run_key:
+                    while True:
+                        off = f.tell()
+                        line = f.readline()
+                        if not line.endswith(b"\n"):        # a line cut by a crash: that block reruns
+                            break
+                        try:
+                            self.offsets[json.loads(line)["block"]] = off
+                        except (ValueError, KeyError):
+                            break
+                    self._truncate(f.tell() if line.endswith(b"\n") else off)
+                    return dict(self.offsets)
+            notice(f"{self.path} belongs to another run (config, inputs, model or backend changed): starting clean")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "wb") as f:
+            f.write(json.dumps({"run_key": self.run_key}).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return {}
+
+    def keep_complete(self, work: Path, outputs: list[str]) -> list[int]:
+        """Forget finished blocks whose files are gone from `work` (a finish step cut short); they rerun."""
+        lost = []
+        for entry in list(self.entries()):
+            for rec in entry["records"]:
+                files = [work / "inputs" / f for e in rec.get("manifest", []) for f in e["files"].values()]
+                files += [work / "outputs" / "items" / f"{e['id']}.{o}.npy" for e in rec.get("manifest", []) for o in outputs]
+                files += [work / "outputs" / a["file"] for a in rec.get("arrays", {}).values()]
+                if not all(f.exists() for f in files):
+                    lost.append(entry["block"])
+                    del self.offsets[entry["block"]]
+                    break
+        return lost
+
+    def _truncate(self, size: int) -> None:
+        with open(self.path, "r+b") as f:
+            f.truncate(size)
+
+    def append(self, entry: dict) -> None:
+        line = json.dumps(entry, default=_default, allow_nan=True).encode() + b"\n"
+        with open(self.path, "ab") as f:
+            off = f.tell()
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.offsets[entry["block"]] = off
+
+    def entries(self):
+        """Journal entries in block order (read one at a time: memory stays flat)."""
+        with open(self.path, "rb") as f:
+            for block in sorted(self.offsets):
+                f.seek(self.offsets[block])
+                yield json.loads(f.readline())
+
+
+def run_key(cfg: dict, backend: str, sources: list[Path], target: dict, batch_size: int) -> str:
+    """What makes two runs the same: config sections infer reads, the target, the backend and the sources."""
+    h = hashlib.sha256()
+    sections = {k: cfg[k] for k in ("name", "family", "preprocess", "postprocess", "inputs", "outputs")}
+    h.update(json.dumps({"cfg": sections, "pad": cfg["infer"]["pad"], "backend": backend,
+                         "batch": batch_size, "target": target}, sort_keys=True, default=str).encode())
+    for s in sources:                     # content, not mtime: regenerated samples are the same inputs
+        h.update(f"{s}\0{provenance.sha256_file(Path(s))}\n".encode())
+    return h.hexdigest()
