@@ -318,3 +318,113 @@ def test_om_backend_end_to_end_through_make(tmp_path, fake_atc):
     assert perf["results"][0]["ais_bench_throughput"] > 0 and len(perf["skipped"]) == 5
     target = json.loads((tmp_path / "build" / SED / "target-om.json").read_text())
     assert target["soc_version"] == "Ascend310P3" and target["oms"][0]["path"].endswith("_bs1_linux_x86_64.om")
+
+
+# ---- issue 12: the hosts people have, any batch count -------------------------------------------------------
+def _fake_ais_pythonpath(tmp_path) -> str:
+    pkg = tmp_path / "fakepkgs" / "ais_bench" / "infer"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg.parent / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "interface.py").write_text("from ais_bench_double import FakeInferSession as InferSession  # test double\n")
+    return f"{tmp_path / 'fakepkgs'}:{HERE}"
+
+
+def _images(folder: Path, n: int, src: Path) -> Path:
+    folder.mkdir(parents=True)
+    files = sorted(src.iterdir())
+    for i in range(n):
+        f = files[i % len(files)]
+        os.link(f, folder / f"img_{i:03d}{f.suffix}")
+    return folder
+
+
+def test_clip_any_count_on_static_om_through_make(tmp_path, fake_atc):
+    """Default CLIP config (6 samples, batch 4, .om for batch 1 and 4) with the double, then folders of 1, 5, 101."""
+    import json
+    import subprocess
+
+    from conftest import ROOT, run_env
+
+    env = run_env(tmp_path)
+    env.update(PATH=f"{fake_atc.parent}:{os.environ['PATH']}", PYTHONPATH=_fake_ais_pythonpath(tmp_path))
+    make = ["make", f"MODEL={CN}", "BACKEND=om", "SOC=Ascend310P3"]
+    p = subprocess.run([*make, "compare", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = tmp_path / "results" / CN
+    inf = json.loads((res / "inference_result.json").read_text())
+    assert inf["backend"] == "om" and inf["timing"]["items"] == 6 and inf["timing"]["device_runs"] == 2
+    assert f"PASSED | {CN}: om (npu:0) against onnxruntime CPU fp32" in p.stdout
+    samples = tmp_path / "build" / CN / "samples"
+    for n, runs in ((1, 1), (5, 2), (101, 26)):
+        folder = _images(tmp_path / f"in{n}", n, samples)
+        p = subprocess.run([*make, "compare", f"INPUT={folder}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=1500)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        inf = json.loads((res / "inference_result.json").read_text())
+        assert inf["timing"]["items"] == n == inf["sources_ok"] and inf["timing"]["device_runs"] == runs, inf["timing"]
+        acc = json.loads((res / "accuracy_eval.json").read_text())
+        assert acc["verdict"] == "PASSED" and acc["outputs"]["embedding"]["summary"]["samples"] == n
+        lines = (res / "inference_result.jsonl").read_text().splitlines()
+        assert len(lines) == n                                     # results count only real items
+
+
+def test_toolkit_only_host_make_all_builds_om_and_runs_ort_fp16(tmp_path, fake_atc):
+    """atc on PATH, SOC given, no NPU and no ais_bench: make om builds the .om and ort-fp16; the run stages say
+    in one line that the .om is not run here; make doctor predicted exactly that."""
+    import json
+    import subprocess
+
+    from conftest import ROOT, run_env
+
+    env = run_env(tmp_path)
+    env.update(PATH=f"{fake_atc.parent}:{os.environ['PATH']}", SOC="Ascend310P3")
+    doc = subprocess.run(["make", "doctor", f"MODEL={SED}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert doc.returncode == 0, doc.stderr[-2000:]
+    assert f"doctor | {SED}: BACKEND=auto: make om builds om + ort-fp16" in doc.stdout
+    assert f"doctor | {SED}: BACKEND=auto: make infer / compare / bench run ort-fp16 (cpu)" in doc.stdout
+    p = subprocess.run(["make", "all", f"MODEL={SED}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = p.stdout + p.stderr
+    note = "the .om is built but not run here (no NPU visible)"
+    for stage in ("om |", "infer |", "compare |", "bench |"):
+        assert any(line.startswith(stage) and note in line for line in out.splitlines()), stage
+    build = tmp_path / "build" / SED
+    assert json.loads((build / "target-om.json").read_text())["oms"] and (build / "target-ort-fp16.json").exists()
+    inf = json.loads((tmp_path / "results" / SED / "inference_result.json").read_text())
+    assert inf["backend"] == "ort-fp16" and inf["device"] == "cpu"
+    env_info = json.loads((tmp_path / "results" / "env_info.json").read_text())
+    assert env_info["stage_plans"]["models"][SED]["build"] == ["om", "ort-fp16"]
+    assert env_info["stage_plans"]["models"][SED]["run"] == inf["backend"]
+
+
+@pytest.mark.parametrize("gears", [[1, 4], [1, 8]])
+@pytest.mark.parametrize("generation", ["2023-early", "2025"])
+def test_any_count_on_dynamic_batch_gears_with_the_double(tmp_path, fake_atc, monkeypatch, gears, generation):
+    """A dynamic-batch .om (gears [1,4] / [1,8]) through pipeline.batching at 1, 2, 3, 5, 6 and 101 rows."""
+    from pipeline.batching import run_rows
+
+    from pipeline.paths import ModelPaths
+
+    monkeypatch.setitem(double.FLAVOUR, "name", generation)
+    monkeypatch.setenv("PIPELINE_BUILD_DIR", str(tmp_path / "b"))
+    d = ModelPaths(CN).build
+    d.mkdir(parents=True)
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    y = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3])
+    onnx.save(graph([helper.make_node("ReduceMean", ["image"], ["embedding"], axes=[2, 3], keepdims=0)], [x], [y],
+                    opset=13), str(d / "model.sim.onnx"))
+    cfg = cfg_with(CN, batch_mode="dynamic_batch_size", batch_sizes=gears)
+    cfg["inputs"][0]["shape"] = ["batch", 3, 8, 8]
+    oms = run_atc(build_atc_jobs(cfg, "model.sim.onnx", "Ascend310P3"), d, tmp_path / "atc.log", str(fake_atc), 60)
+    monkeypatch.setattr(ais_runner, "session_factory", double.FakeInferSession)
+    target = {"backend": "om", "oms": oms, "soc_version": "Ascend310P3", "precision": "force_fp16"}
+    runner = ais_runner.AisBenchRunner(target, 0, cfg)
+    with runner:
+        assert runner.accepted_batch_sizes() == gears
+        for n in (1, 2, 3, 5, 6, 101):
+            feeds = {"image": np.random.default_rng(n).normal(size=(n, 3, 8, 8)).astype(np.float32)}
+            out, runs = run_rows(runner, feeds)
+            np.testing.assert_allclose(out["embedding"], feeds["image"].mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+            assert runs == -(-n // max(gears)) if n >= max(gears) else runs == 1
