@@ -22,7 +22,7 @@ FAIL_ON_BAD ?=
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 B         := $(or $(PIPELINE_BUILD_DIR),build)
-export WEIGHTS INPUT DEVICE SOC BACKEND ENGINE WORKERS FAIL_ON_BAD
+export WEIGHTS INPUT DEVICE SOC BACKEND ENGINE WORKERS FAIL_ON_BAD SOAK
 
 ifneq ($(filter-out $(CONFIGS),$(MODEL)),)
 $(error unknown MODEL '$(filter-out $(CONFIGS),$(MODEL))'; available models: $(CONFIGS))

@@ -135,22 +135,24 @@ def same_outputs(a: Path, b: Path, model: str, backend: str) -> dict:
             fa, fb = a / sub / rel, b / sub / rel
             files += 1
             if not (fa.exists() and fb.exists()) or fa.read_bytes() != fb.read_bytes():
-                if rel.name != "manifest.json" or not _same_manifest(fa, fb):
+                if rel.name != "manifest.json" or not _same_manifest(fa, fb, a, b):
                     differ.append(str(sub / rel))
     ja, jb = (r / "results" / model / "inference_result.jsonl" for r in (a, b))
-    sa, sb = ([_strip_timing(json.loads(x)) for x in f.read_text().splitlines()] for f in (ja, jb))
+    sa, sb = ([_strip_timing(json.loads(x.replace(str(r), "<run>"))) for x in f.read_text().splitlines()]
+              for f, r in ((ja, a), (jb, b)))
     if sa != sb:
         differ.append(str(ja.relative_to(a)))
     return {"files_compared": files, "identical": not differ, "differ": differ[:10]}
 
 
-def _same_manifest(fa: Path, fb: Path) -> bool:
-    """Output manifests name the runner (engine, pid): equal when everything else is."""
+def _same_manifest(fa: Path, fb: Path, ra: Path, rb: Path) -> bool:
+    """Manifests name the run's own folder and runner (engine, pid): equal when everything else is."""
     if not (fa.exists() and fb.exists()):
         return False
-    ma, mb = json.loads(fa.read_text()), json.loads(fb.read_text())
-    return {k: v for k, v in ma.items() if k not in ("runner", "device")} == \
-        {k: v for k, v in mb.items() if k not in ("runner", "device")}
+    ma = json.loads(fa.read_text().replace(str(ra), "<run>"))
+    mb = json.loads(fb.read_text().replace(str(rb), "<run>"))
+    drop = ("runner", "device", "inputs_manifest_sha256")      # the inputs manifest names the run folder
+    return {k: v for k, v in ma.items() if k not in drop} == {k: v for k, v in mb.items() if k not in drop}
 
 
 def _strip_timing(rec: dict) -> dict:
@@ -223,6 +225,29 @@ def scale_out(cfg, paths, backend, sources, small: int, local_small: dict, local
     }
 
 
+def soak(cfg, paths, backend, sources: list[Path], count: int, work: Path, log) -> dict:
+    """make infer over `count` hard links of the shortest generated input: resident memory at every 10% mark."""
+    shortest = min(sources, key=lambda p: p.stat().st_size)
+    root = work / f"soak-{count}"
+    scratch_tree(paths, backend, root, [], load_family(cfg["family"]).host_artifacts(cfg))
+    folder = root / "input"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        _link(shortest, folder / f"item_{i:06d}{shortest.suffix}")
+    log(f"dataset | soak: make infer over {count} copies of {shortest.name} (memory at every 10%)")
+    run = one_run(cfg, paths, backend, [], root, log, compare=False, keep=True)
+    trace = [t for t in run["infer"]["memory_trace"] if t.get("rss_mb")]
+    first = next((t for t in trace if t["done"] >= count // 10), None)
+    last = trace[-1] if trace else None
+    out = {"items": count, "source": shortest.name, "trace": trace, "wall_s": run["infer"]["wall_s"],
+           "peak_rss_mb": run["infer"]["peak_rss_mb"]}
+    if first and last:
+        out.update({"rss_at_first_10pct_mb": first["rss_mb"], "rss_at_end_mb": last["rss_mb"],
+                    "max_rss_mb": max(t["rss_mb"] for t in trace), "ratio_end_to_first": last["rss_mb"] / first["rss_mb"]})
+    shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
 def in_run(trace: list[dict]) -> dict | None:
     """Resident memory within the full run: after the first 10% of the inputs vs the most after that."""
     marks = [t for t in trace if t.get("rss_mb")]
@@ -271,6 +296,8 @@ def main(argv=None) -> int:
     ap.add_argument("--small", type=int, default=0, help="size of the first run (default: count / 10)")
     ap.add_argument("--seed", type=int, default=777)
     ap.add_argument("--engine", default=os.environ.get("ENGINE", "") or "local")
+    ap.add_argument("--soak", type=int, default=int(os.environ.get("SOAK", "0") or 0),
+                    help="also run make infer over this many copies of one input and trace its memory")
     args = ap.parse_args(argv)
     ray = args.engine == "ray"
     if args.count < 2:
@@ -295,6 +322,7 @@ def main(argv=None) -> int:
             one_run(cfg, paths, backend, sources, work / "run-full", log)]
     full = runs[-1]
     scale = scale_out(cfg, paths, backend, sources, small, runs[0], full, work, log) if ray else None
+    soaked = soak(cfg, paths, backend, sources, args.soak, work, log) if args.soak else None
     ref = model_only(paths, backend, full, family.has("time_input", cfg))
     mem = {stage: {"small_mb": runs[0][stage]["peak_rss_mb"], "full_mb": full[stage]["peak_rss_mb"],
                    "growth_mb": full[stage]["peak_rss_mb"] - runs[0][stage]["peak_rss_mb"],
@@ -304,7 +332,7 @@ def main(argv=None) -> int:
     result.update({
         "backend": full["backend"], "device": full["device"], "count": args.count, "small_count": small,
         "seed": args.seed, "generator": f"models.{cfg['family']}.generate_sources", "generate_s": gen_s,
-        "runs": runs, "memory": mem, "verdict": full["compare"]["verdict"], "engine_ray": scale,
+        "runs": runs, "memory": mem, "verdict": full["compare"]["verdict"], "engine_ray": scale, "soak": soaked,
         "model_only": ref,
         "ratio_to_model_only": ref["run_value"] / ref["value"] if ref else None,
         "ratio_to_runner_calls": full["infer"]["end_to_end_items_per_s"] / full["infer"]["inference_only_items_per_s"],
@@ -335,6 +363,10 @@ def main(argv=None) -> int:
            "; no model-only figure for this backend and batch size: run `make bench`"))
     for line in full["verdict_lines"]:
         log(line)
+    if soaked and "ratio_end_to_first" in soaked:
+        log(f"dataset | soak over {soaked['items']} items: resident {soaked['rss_at_first_10pct_mb']:.0f} MB after the "
+            f"first 10%, {soaked['rss_at_end_mb']:.0f} MB at the end ({soaked['ratio_end_to_first']:.2f}x), "
+            f"at most {soaked['max_rss_mb']:.0f} MB")
     if scale:
         for o in scale["overhead"]:
             log(f"dataset | ENGINE=ray, 1 worker, {o['inputs']} inputs: {o['ray_files_per_s']:.2f} files/s vs local "

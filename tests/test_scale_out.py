@@ -221,3 +221,25 @@ def test_default_path_never_imports_ray():
             "assert 'ray' not in sys.modules, 'ray imported'")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_same_outputs_sees_a_changed_byte_and_ignores_run_folders(tmp_path):
+    from run.dataset import same_outputs
+
+    def tree(root: Path, value: float):
+        out = root / "build" / SED / "outputs" / "ort-cpu" / "items"
+        out.mkdir(parents=True)
+        np.save(out / "00000_000.clipwise_output.npy", np.array([value], np.float32))
+        (root / "build" / SED / "inputs").mkdir(parents=True)
+        (root / "build" / SED / "inputs" / "manifest.json").write_text(json.dumps({"sources": [str(root / "in/a.wav")]}))
+        res = root / "results" / SED
+        res.mkdir(parents=True)
+        (res / "inference_result.jsonl").write_text(json.dumps({"source": str(root / "in/a.wav"),
+                                                                "summary": {"real_time_factor": value}}) + "\n")
+
+    tree(tmp_path / "a", 1.0)
+    tree(tmp_path / "b", 1.0)
+    assert same_outputs(tmp_path / "a", tmp_path / "b", SED, "ort-cpu")["identical"]
+    tree(tmp_path / "c", 1.0000001)
+    diff = same_outputs(tmp_path / "a", tmp_path / "c", SED, "ort-cpu")
+    assert not diff["identical"] and diff["differ"] == [f"build/{SED}/outputs/ort-cpu/items/00000_000.clipwise_output.npy"]
