@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from .atomic import atomic_path, write_text
-from .config import ABSENT, entries, json_lines, keys_file, load_config, lookup, read_keys, read_last_run
+from .config import load_config
+from .reads import ABSENT, entries, json_lines, keys_file, lookup, read_keys, read_last_run
 from .errors import cli
 from .paths import ModelPaths, ROOT
 

@@ -141,7 +141,7 @@ def test_untracked_and_unknown_stage():
 
 
 def test_discarded_reads_are_not_saved_at_exit(isolated_dirs):
-    import pipeline.config as config
+    import pipeline.reads as config
     from pipeline.paths import ModelPaths
 
     cfg = load_config("convnext_base_clip_laion2b", stage="om")
