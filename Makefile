@@ -44,7 +44,7 @@ cfgfile    = $(firstword $(wildcard configs/$(1).yaml configs/more/$(1).yaml))
 family     = $(shell sed -n 's/^family: *//p' $(call cfgfile,$(1)))
 FAMILY_SRC = $(wildcard models/$(call family,$(1))/*.py models/$(call family,$(1))/*.txt)
 
-.PHONY: help env export om infer compare bench all test clean distclean doctor preflight precision report dataset FORCE
+.PHONY: help env export om infer compare bench all test clean distclean doctor preflight precision report dataset evidence FORCE
 
 help:
 	@echo "Ascend offline-inference pipeline"
@@ -60,6 +60,7 @@ help:
 	@echo "  make dataset    infer + compare over COUNT generated inputs, memory and speed -> results/<model>/dataset_run.json"
 	@echo "  make report     REPORT.md per model and combined, plots; PUBLISH=1 adds the model-card section"
 	@echo "  make precision  where fp16 loses precision, and the keep_dtype fix -> results/<model>/precision_report.md"
+	@echo "  make evidence   every model, doctor, preflight, precision, dataset runs (ENGINE=ray), report: results/ and logs/"
 	@echo "  make clean      remove build/ (ONNX, .om, .npy); results/ and logs/ stay"
 	@echo "Variables: MODEL=<one or more of: $(CONFIGS)> (default: $(DEFAULTS))"
 	@echo "           BACKEND=<$(BACKENDS)> (make doctor says what auto does on this machine)"
@@ -151,6 +152,18 @@ preflight: $(foreach m,$(MODEL),$(B)/$(m)/model.sim.onnx) | $(ENV_STAMP)
 
 doctor: | $(ENV_STAMP)
 	$(PY) -m pipeline.doctor --model $(MODEL) --backend $(BACKEND)
+
+# ---- evidence: one run that writes results/ and logs/ (run it in a clean clone) ----------------------------
+MORE_EVIDENCE := crepe_full resnet50_a1_in1k efficientnet_b0_ra_in1k mobilenetv3_large_100_ra_in1k \
+                 vit_small_patch16_224_augreg_in21k_ft_in1k swin_tiny_patch4_window7_224_ms_in1k
+EVIDENCE_DATASETS ?= cnn8rnn_audioset_sed:1000:10000 convnext_base_clip_laion2b:200:0
+evidence: | $(ENV_STAMP)
+	$(MAKE) all MODEL="$(DEFAULTS)"
+	$(MAKE) all MODEL="$(MORE_EVIDENCE)"
+	$(MAKE) doctor preflight precision MODEL="$(DEFAULTS)"
+	@for d in $(EVIDENCE_DATASETS); do IFS=: read m c s <<< "$$d"; \
+	  $(MAKE) dataset MODEL=$$m COUNT=$$c SOAK=$$s ENGINE=ray || exit 1; done
+	$(MAKE) report PUBLISH=1 MODEL="$(DEFAULTS) $(MORE_EVIDENCE)"
 
 # ---- tests ----------------------------------------------------------------------------------------
 test: $(VENV)/.installed-full
