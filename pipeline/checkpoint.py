@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import PipelineError
+from .errors import WeightsError
 
 
 def read_state_dict(path: Path, hint: str) -> dict:
@@ -18,12 +18,12 @@ def read_state_dict(path: Path, hint: str) -> dict:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign files raise many types
-        raise PipelineError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:160]}; {hint}") from None
+        raise WeightsError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:160]}; {hint}") from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise PipelineError(f"{path} does not hold a state dict of tensors; {hint}")
+        raise WeightsError(f"{path} does not hold a state dict of tensors; {hint}")
     return sd
 
 
@@ -32,10 +32,10 @@ def check_keys(sd: dict, expected: dict, ckpt: Path, what: str) -> None:
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     if missing or unexpected:
-        raise PipelineError(f"{ckpt} does not fit {what}: {len(missing)} missing keys {missing[:3]}, "
+        raise WeightsError(f"{ckpt} does not fit {what}: {len(missing)} missing keys {missing[:3]}, "
                             f"{len(unexpected)} unexpected keys {unexpected[:3]}; is it the right model's checkpoint?")
     bad = [k for k in expected if tuple(sd[k].shape) != tuple(expected[k].shape)]
     if bad:
         k = bad[0]
-        raise PipelineError(f"{ckpt}: {len(bad)} tensors have the wrong shape, e.g. {k} is {tuple(sd[k].shape)}, "
+        raise WeightsError(f"{ckpt}: {len(bad)} tensors have the wrong shape, e.g. {k} is {tuple(sd[k].shape)}, "
                             f"expected {tuple(expected[k].shape)}; is it the right model's checkpoint?")

@@ -28,6 +28,12 @@ def load(tmp, name):
     return json.loads((tmp / "results" / MODEL / name).read_text())
 
 
+def samples(tmp, inf):
+    """The per-source records of make infer (one JSON line each, in `samples_file`)."""
+    lines = (tmp / "results" / MODEL / inf["samples_file"]).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def test_every_stage_passes(run):
     tmp, first = run
     out = first.stdout
@@ -43,7 +49,7 @@ def test_inference_result_has_what_users_want(run):
     inf = load(run[0], "inference_result.json")
     assert inf["backend"] == "ort-fp16" and inf["device"] == "cpu" and inf["weights"]["kind"] == "stand-in"
     assert inf["timing"]["real_time_factor"] > 1 and inf["timing"]["audio_s"] == pytest.approx(21.5)
-    for s in inf["samples"]:
+    for s in samples(run[0], inf):
         summ = s["summary"]
         assert len(summ["top_k"]) == 5 and summ["top_k"][0]["score"] >= summ["top_k"][-1]["score"]
         frames = np.load(run[0] / "build" / MODEL / "outputs" / "ort-fp16" / s["arrays"]["framewise"]["file"])
@@ -67,6 +73,10 @@ def test_bench_reports_rtf_and_frontend_cost(run):
     for r in perf["results"]:
         assert r["real_time_factor"] > 0 and r["frontend_ms_per_batch"] > 0
         assert r["audio_s_per_batch"] == pytest.approx(r["batch_size"] * (r["shapes"]["logmel"][2] - 1) / 100)
+    ten_s = next(r for r in perf["results"] if r["batch_size"] == 1 and r["shapes"]["logmel"][2] == 1001)
+    # the host front-end against the model for a 10 s clip, measured in the same run: target <= 2% (measured
+    # 1.6-1.8% on the shared 2-core VM); 3% here so CPU contention does not flake it, the old one was 4.2%
+    assert ten_s["frontend_share_of_model"] < 0.03
 
 
 def test_published_checkpoint_folder_through_make(run, tmp_path):
@@ -85,12 +95,12 @@ def test_published_checkpoint_folder_through_make(run, tmp_path):
     wdir.mkdir()
     torch.save(net.state_dict(), wdir / "pytorch_model.bin")
     (wdir / "config.json").write_text(json.dumps({"classes_num": 447, "sample_rate": 32000}))
-    (wdir / "classes.txt").write_text("\n".join(fam.bundled_labels(cfg)) + "\n")
+    (wdir / "classes.txt").write_text("\n".join(fam.labels(cfg, None)) + "\n")
     p = make(run[0], "infer", f"MODEL={MODEL}", "BACKEND=ort-cpu", f"WEIGHTS={wdir}", f"INPUT={REC}")
     assert p.returncode == 0, p.stderr[-2000:]
     inf = load(run[0], "inference_result.json")
     assert inf["weights"]["kind"] == "file" and inf["weights"]["labels_source"].endswith("classes.txt")
-    arrays = inf["samples"][0]["arrays"]
+    arrays = samples(run[0], inf)[0]["arrays"]
     out_dir = run[0] / "build" / MODEL / "outputs" / "ort-cpu"
     with torch.no_grad():
         ref = net(torch.from_numpy(sf.read(REC, dtype="float32")[0])[None])

@@ -1,41 +1,48 @@
 """Host side of CNN8RNN sound event detection: audio in, NumPy log-mel, windows, frame/clip outputs, events.
 
-NumPy, SciPy, soundfile (and soxr when installed) only, so it runs on an Ascend host without torch.
+NumPy, SciPy, soundfile (and soxr when installed) only, so it runs on an Ascend host without torch. Decoding,
+resampling, windows and their crossfade come from the audio modality layer (modality/audio.py); this module
+adds the model's front-end (frontend.py), its frame rule, labels and events.
 
-Windowing (plan_windows / merge_windows): the log-mel of the whole file is computed once (exactly the
-one-pass front-end), then cut into windows of frames, so window edges see the neighbouring audio.
-- dynamic frame axis (onnxruntime): a file of at most `preprocess.max_window_s` (60 s) is one pass, exactly as
-  the PyTorch model sees it. A longer file is cut into the fewest equal windows of at most that length
-  (whole segments of 4 frames; the last one shorter), nothing filled up.
-- fixed frame count (a static .om, e.g. 1001 frames = 10 s): windows step 1000 frames; the last one, or a
-  shorter file's only one, is filled up with silence frames (-100 dB, the log-mel of digital silence).
-Effect on the outputs: each window is its own pass, so the GRU restarts and the convolutions see an edge at
-every boundary; measured with the stand-in weights on 60 s of audio in 10 s windows, frames further than
-1 s from a boundary equal the one-pass result (rel. L2 < 1e-3), all frames 0.10, clip scores 0.05. Filled-up
-silence is not neutral either: the backward GRU starts on it, which changes the last ~1 s of real audio.
-Frames and segments of the fill are cut; the clip scores of a windowed or filled file are the model's
-linear-softmax pooling over the segments of real frames of all windows (one pass: the model's own).
+Windowing: the log-mel of the whole file is computed once (exactly the one-pass front-end), then fed in
+windows of frames (window starts are whole segments of 4 frames).
+- dynamic frame axis (onnxruntime): one pass, exactly as the PyTorch model sees the file, up to the frames a
+  memory budget allows (`preprocess.max_pass_mb`, default 2048 MB; the pass needs about PASS_MB_PER_MINUTE
+  = 430 MB per minute of audio at batch 1, measured with onnxruntime on CPU: 377 / 794 / 1711 / 3434 MB for
+  1 / 2 / 4 / 8 min). Longer files: the fewest equal windows within the cap, overlapping by
+  `preprocess.window_overlap` of a window (default 0.25), outputs crossfaded linearly across each overlap.
+- fixed frame count (a static .om, e.g. 1001 frames = 10 s): windows step (1 - window_overlap) of a window;
+  the last one, or a shorter file's only one, is filled up with silence frames (-100 dB).
+A window is its own pass: the bidirectional GRU carries state over the whole input, so windowed outputs differ
+from one pass everywhere, by an amount that depends on the weights (how long the GRU remembers), not only
+near the cuts. tests/test_cnn8rnn.py measures it with long-memory GRU weights. Filled-up silence is not
+neutral either (the backward GRU starts on it). Frames and segments of the fill are cut; the clip scores of a
+windowed file are the model's linear-softmax pooling over the file's merged segments.
 
 Bad input: missing/corrupt/empty/NaN/too short (< 30 ms, 960 samples at 32 kHz) files raise one-line
-PipelineErrors. Digital silence is a valid input: outputs are the model's (finite) response to a -100 dB
+InputErrors. Digital silence is a valid input: outputs are the model's (finite) response to a -100 dB
 log-mel, flagged `silent` with a warning. Clipped recordings are processed and flagged with a warning.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ConfigError, PipelineError
+from modality import audio
+from pipeline.errors import ConfigError, InputError
 from pipeline.paths import ROOT
 from pipeline.schema import Opt
 
-from modality.audio import find_audio_files, load_audio
 from .events import detect_events, top_k
 from .frontend import log_mel
 
+CAPABILITIES = frozenset({"time_input", "frame_output", "labels"})
 FRONTEND_FILE = "frontend.npz"
 SILENCE_DB = -100.0             # the log-mel of digital silence: 10*log10(1e-10)
+SEGMENT_FRAMES = 4              # one output segment = 4 log-mel frames (two 2x2 poolings)
+PASS_MB_PER_MINUTE = 430.0      # resident memory of one onnxruntime pass per minute of audio, batch 1 (measured)
 
 MODEL_SCHEMA = {
     "classes_num": Opt(int, 447),
@@ -48,7 +55,9 @@ PREPROCESS_SCHEMA = {
     "n_mels": Opt(int, 64),
     "f_min": Opt(float, 50.0),
     "f_max": Opt(float, 14000.0),
-    "max_window_s": Opt(float, 60.0, help="longer files are cut into windows of this length"),
+    "max_pass_mb": Opt(float, 2048.0, help="memory budget of one pass on a dynamic target; longer files are "
+                                           "windowed (about 430 MB per minute of audio)"),
+    "window_overlap": Opt(float, 0.25, help="share of a window that overlaps the next (crossfaded)"),
     "min_duration_s": Opt(float, 0.03, help="shorter files are refused (the model needs 4 frames)"),
 }
 POSTPROCESS_SCHEMA = {
@@ -74,9 +83,12 @@ def check_config(cfg: dict, source: str) -> None:
         raise ConfigError(f"{source}: model.classes_file has {len(labels)} names but classes_num is "
                           f"{cfg['model']['classes_num']}; make them agree")
     pre = cfg["preprocess"]
-    if pre["max_window_s"] < 1.0:
-        raise ConfigError(f"{source}: preprocess.max_window_s is {pre['max_window_s']}; "
-                          "use at least 1 s (60 s is the default)")
+    if pass_frames(pre) < 100 * SEGMENT_FRAMES:
+        raise ConfigError(f"{source}: preprocess.max_pass_mb {pre['max_pass_mb']} allows less than 4 s per pass; "
+                          "give at least 30 MB (2048 is the default)")
+    if not 0 <= pre["window_overlap"] <= 0.5:
+        raise ConfigError(f"{source}: preprocess.window_overlap is {pre['window_overlap']}; "
+                          "give a share between 0 and 0.5 (0.25 is the default)")
     mels = [t["shape"][-1] for t in cfg["inputs"] if t["name"] == "logmel"]
     if mels != [pre["n_mels"]]:
         raise ConfigError(f"{source}: inputs needs one 'logmel' input whose last dim equals preprocess.n_mels "
@@ -87,12 +99,14 @@ def read_labels(path: Path) -> list[str]:
     return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def bundled_labels(cfg: dict) -> list[str]:
-    return read_labels(ROOT / cfg["model"]["classes_file"])
+def labels(cfg: dict, meta: dict | None) -> list[str]:
+    """Class names in output order: those of the checkpoint's classes.txt (recorded in weights.json by
+    load_weights), else the bundled `model.classes_file`."""
+    return list((meta or {}).get("labels") or read_labels(ROOT / cfg["model"]["classes_file"]))
 
 
 def find_sources(input_arg: str, cfg: dict) -> list[Path]:
-    return find_audio_files(input_arg)
+    return audio.find_audio_files(input_arg)
 
 
 def synth_scene(rng: np.random.Generator, sr: int, seconds: float) -> np.ndarray:
@@ -118,7 +132,6 @@ def generate_sources(cfg: dict, out_dir: Path, count: int | None = None, seed: i
     import soundfile as sf
 
     from pipeline.atomic import atomic_path
-    from modality.audio import resample
 
     count = count or cfg["infer"]["samples"]
     rng = np.random.default_rng(cfg["infer"]["seed"] if seed is None else seed)
@@ -127,13 +140,17 @@ def generate_sources(cfg: dict, out_dir: Path, count: int | None = None, seed: i
     paths = []
     for i in range(count):
         sr, ch, seconds, ext = kinds[i % len(kinds)]
-        mono = resample(synth_scene(rng, 32000, seconds), 32000, sr)
+        mono = audio.resample(synth_scene(rng, 32000, seconds), 32000, sr)
         data = np.stack([mono * (1.0 - 0.2 * c) for c in range(ch)], axis=1)
         path = out_dir / f"clip_{i:04d}_{sr // 1000}k_{ch}ch.{ext}"
         with atomic_path(path) as tmp:
             sf.write(str(tmp), data, sr, format=ext.upper(), subtype="PCM_16")
         paths.append(path)
     return paths
+
+
+def host_artifacts(cfg: dict) -> list[str]:
+    return [FRONTEND_FILE]
 
 
 _BUFFERS: dict = {}
@@ -154,6 +171,11 @@ def frontend_buffers(cfg: dict):
     return _BUFFERS[key]
 
 
+def front_end(pre: dict, buffers, wave: np.ndarray) -> np.ndarray:
+    """The audio layer's front-end hook: waveform (N,) -> log-mel frames (T, n_mels)."""
+    return log_mel(wave, pre, buffers).T
+
+
 def fixed_frames(input_meta) -> int | None:
     """The frame count of a static target's (B, 1, T, 64) input; None when the frame axis is dynamic."""
     for m in input_meta or []:
@@ -167,91 +189,87 @@ def min_samples(pre: dict) -> int:
     return max(int(round(pre["min_duration_s"] * pre["sample_rate"])), pre["n_fft"] // 2 + 1, 3 * pre["hop_length"])
 
 
-def plan_windows(t: int, pre: dict, fixed: int | None) -> list[tuple[int, int, int]]:
-    """Windows over a file's T log-mel frames: (first frame, frames the window owns, frames fed).
+def pass_frames(pre: dict) -> int:
+    """Frames one pass may take on a dynamic target: the memory budget over the measured cost per minute."""
+    per_minute = 60 * pre["sample_rate"] / pre["hop_length"]
+    return int(pre["max_pass_mb"] / PASS_MB_PER_MINUTE * per_minute)
 
-    Windows own consecutive runs of frames that are multiples of 4 (one segment = 4 frames), so their segments
-    tile the file's segment grid. Fixed target (F frames fed): windows own 4*(F//4) frames each (1000 of 1001;
-    the extra fed frame is the next window's first), the last one is filled up with silence frames. Dynamic
-    target: one window of T frames when T <= 1 + max_window_s/hop, else the fewest equal windows of at most
-    that many frames, the last one shorter (and only filled up if it has fewer than 4 frames).
-    """
+
+def plan_windows(t: int, pre: dict, fixed: int | None) -> list[audio.Window]:
+    """The windows of a file of t log-mel frames (see the module docstring)."""
     if fixed is not None:
-        if fixed < 4:
-            raise PipelineError(f"the target takes {fixed} frames per input; the model needs at least 4; "
-                                "rebuild it with atc.fixed_dims.frames >= 4 (1001 = 10 s)")
-        step = 4 * (fixed // 4)
-        k = 1 if t <= fixed else 1 + -(-(t - fixed) // step)
-        return [(i * step, step if i < k - 1 else t - i * step, fixed) for i in range(k)]
-    cap = 1 + int(pre["max_window_s"] * pre["sample_rate"]) // pre["hop_length"]
-    if t <= cap:
-        return [(0, t, t)]
-    k = -(-t // (4 * (cap // 4)))
-    step = 4 * -(-t // (4 * k))
-    return [(f0, min(step, t - f0), max(min(step, t - f0), 4)) for f0 in range(0, t, step)]
+        overlap = int(pre["window_overlap"] * fixed)
+        return audio.plan_windows(t, fixed=fixed, overlap=overlap, multiple=SEGMENT_FRAMES,
+                                  min_frames=SEGMENT_FRAMES)
+    cap = pass_frames(pre)
+    return audio.plan_windows(t, max_frames=cap, overlap=int(pre["window_overlap"] * cap), multiple=SEGMENT_FRAMES,
+                              min_frames=SEGMENT_FRAMES)
 
 
 def prepare(source: Path, cfg: dict, input_meta) -> list[dict]:
     """One audio file -> log-mel items (1, 1, frames, 64). The log-mel of the whole file is computed once and
     cut into windows, so window edges see the neighbouring audio, not padding. Context keys: _info (file
-    facts), _window (first frame, frames owned, frames fed, frames of the file)."""
+    facts), _window (audio.Window: first frame, real frames, frames fed, frames of the file)."""
     pre = cfg["preprocess"]
-    wave, info = load_audio(Path(source), pre["sample_rate"], min_samples(pre))
-    mel = log_mel(wave, pre, frontend_buffers(cfg)).T                 # (T, n_mels)
+    mel, info = audio.load_features(Path(source), pre["sample_rate"], min_samples(pre),
+                                    partial(front_end, pre, frontend_buffers(cfg)))
     t = mel.shape[0]
-    info["samples"] = int(wave.shape[0])
     items = []
-    for f0, own, fed in plan_windows(t, pre, fixed_frames(input_meta)):
-        x = np.full((fed, mel.shape[1]), SILENCE_DB, np.float32)
-        real = min(fed, t - f0)
-        x[:real] = mel[f0:f0 + real]
-        items.append({"logmel": x[None, None], "_info": info, "_window": (f0, own, fed, t)})
+    for w in plan_windows(t, pre, fixed_frames(input_meta)):
+        x = np.full((w.fed, mel.shape[1]), SILENCE_DB, np.float32)
+        x[:w.real] = mel[w.start:w.start + w.real]
+        items.append({"logmel": x[None, None], "_info": info, "_window": w})
     return items
 
 
 def frames_from_segments(seg: np.ndarray, t: int) -> np.ndarray:
     """The published frame rule: repeat each 40 ms segment 4 times, pad with the last one: frame t <- min(t//4, S-1)."""
-    idx = np.minimum(np.arange(t) // 4, seg.shape[0] - 1)
+    idx = np.minimum(np.arange(t) // SEGMENT_FRAMES, seg.shape[0] - 1)
     return seg[idx]
+
+
+def frames_from_outputs(cfg: dict, outputs: dict, frames: int) -> np.ndarray:
+    """(frames, classes) of one item's raw outputs {"segmentwise_output": (1, S, C), ...}, published frame rule."""
+    return frames_from_segments(outputs["segmentwise_output"][0], frames)
 
 
 def merge_windows(items: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(framewise (T, C), segmentwise of the file (S', C), clipwise (C,)).
 
-    One window fed exactly the file's frames: the model's own outputs. Otherwise each window writes the frames
-    it owns (published frame rule within the window), its segments over owned frames are kept (segments of
-    silence fill-up only are dropped), and clipwise is the model's linear-softmax pooling over all kept segments.
+    One window fed exactly the file's frames: the model's own outputs. Otherwise the whole segments of each
+    window over real frames (not the fill; T//4 for the file, as one pass has) are crossfaded onto the file's
+    segment grid (audio.merge_frames), frames
+    follow by the published frame rule, and clipwise is the model's linear-softmax pooling over the merged
+    segments.
     """
-    f0, own, fed, t = items[0]["_window"]
-    if len(items) == 1 and fed == t:
+    plan = [it["_window"] for it in items]
+    t = plan[0].total
+    if len(items) == 1 and plan[0].fed == t:
         seg = items[0]["segmentwise_output"][0]
         return frames_from_segments(seg, t), seg, items[0]["clipwise_output"][0]
-    frames = np.empty((t, items[0]["segmentwise_output"].shape[-1]), np.float32)
-    segs = []
-    for it in items:
-        f0, own, fed, _ = it["_window"]
-        s = it["segmentwise_output"][0]
-        frames[f0:f0 + own] = frames_from_segments(s, fed)[:own]
-        segs.append(s[: min(s.shape[0], -(-own // 4))])
-    seg = np.concatenate(segs).astype(np.float64)
+    parts = [it["segmentwise_output"][0][: w.real // SEGMENT_FRAMES] for it, w in zip(items, plan)]
+    seg = audio.merge_frames(parts, plan, per=SEGMENT_FRAMES).astype(np.float64)
     clip = (seg * seg).sum(0) / seg.sum(0)
-    return frames, seg.astype(np.float32), clip.astype(np.float32)
+    return frames_from_segments(seg, t).astype(np.float32), seg.astype(np.float32), clip.astype(np.float32)
 
 
 def postprocess(cfg: dict, source: Path, items: list[dict], meta: dict):
     pre, post = cfg["preprocess"], cfg["postprocess"]
     hop, sr = pre["hop_length"], pre["sample_rate"]
-    labels = meta.get("labels") or bundled_labels(cfg)
+    names = labels(cfg, meta)
     info = items[0]["_info"]
+    plan = [it["_window"] for it in items]
     frames, seg, clip = merge_windows(items)
-    duration = info["samples"] / sr
-    events = detect_events(frames, labels, post, hop / sr, duration)
-    filled = sum(max(0, w[0] + w[2] - w[3]) for w in (it["_window"] for it in items))   # silence frames fed
+    duration = info["duration_s"]
+    events = detect_events(frames, names, post, hop / sr, duration)
+    filled = sum(w.fed - w.real for w in plan)
+    overlap = sum(max(0, a.start + a.real - b.start) for a, b in zip(plan, plan[1:]))
     summary = {
         "duration_s": duration, "sample_rate_in": info["sample_rate_in"], "channels_in": info["channels_in"],
-        "windows": len(items), "window_frames": items[0]["_window"][2], "silence_fill_s": filled * hop / sr,
+        "windows": len(items), "window_frames": plan[0].fed, "silence_fill_s": filled * hop / sr,
+        "window_overlap_s": overlap * hop / sr,
         "frames": int(frames.shape[0]), "frame_hop_s": hop / sr,
-        "top_k": top_k(clip, labels, post["top_k"]),
+        "top_k": top_k(clip, names, post["top_k"]),
         "events": events[: post["max_events"]], "events_total": len(events),
         "silent": info["silent"], "peak": round(info["peak"], 6), "clipped_share": info["clipped_share"],
     }
@@ -272,31 +290,17 @@ def random_input(name: str, shape, rng: np.random.Generator, cfg: dict) -> np.nd
     b, _, t, _ = shape
     n = (t - 1) * pre["hop_length"]
     if n < min_samples(pre):
-        raise PipelineError(f"input {name} with {t} frames is shorter than the model minimum "
-                            f"({1 + min_samples(pre) // pre['hop_length']} frames); use a longer shape")
+        raise InputError(f"input {name} with {t} frames is shorter than the model minimum "
+                         f"({1 + min_samples(pre) // pre['hop_length']} frames); use a longer shape")
     out = [log_mel(synth_scene(rng, pre["sample_rate"], n / pre["sample_rate"]), pre).T for _ in range(b)]
     return np.stack(out)[:, None].astype(np.float32)
 
 
 def frontend_ms(cfg: dict, n_samples: int, repeats: int = 5) -> float:
-    """Milliseconds the NumPy front-end takes for one clip of n_samples (best of `repeats`, after a warm-up).
-
-    The best of several runs filters out transient CPU contention (e.g. onnxruntime's worker threads still
-    spinning right after a model run), so the figure is the front-end's own cost."""
-    import time
-
+    """Milliseconds the NumPy front-end takes for one clip of n_samples (audio.frontend_ms: best of `repeats`)."""
     pre = cfg["preprocess"]
     wave = synth_scene(np.random.default_rng(0), pre["sample_rate"], n_samples / pre["sample_rate"])
-    log_mel(wave, pre)
-    number = max(1, int(0.05 // max(1e-4, _timed(lambda: log_mel(wave, pre), time))))   # ~50 ms per repeat
-    best = min(_timed(lambda: [log_mel(wave, pre) for _ in range(number)], time) for _ in range(repeats))
-    return best * 1e3 / number
-
-
-def _timed(fn, time) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    return audio.frontend_ms(partial(front_end, pre, frontend_buffers(cfg)), wave, repeats)
 
 
 def bench_extras(cfg: dict, feeds: dict, model_ms: float) -> dict:
@@ -305,8 +309,8 @@ def bench_extras(cfg: dict, feeds: dict, model_ms: float) -> dict:
     b, _, t, _ = feeds["logmel"].shape
     n = (t - 1) * pre["hop_length"]
     fe_ms = b * frontend_ms(cfg, n)
-    audio_s = b * n / pre["sample_rate"]
+    audio_s = b * audio.duration_s(n, pre["sample_rate"])
     return {"audio_s_per_batch": audio_s, "frontend_ms_per_batch": fe_ms,
             "frontend_share_of_model": fe_ms / model_ms if model_ms > 0 else None,
-            "real_time_factor": audio_s / ((model_ms + fe_ms) / 1e3),
+            "real_time_factor": audio.real_time_factor(audio_s, (model_ms + fe_ms) / 1e3),
             "real_time_factor_definition": "seconds of audio per second of compute (front-end + model)"}

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.checkpoint import check_keys, read_state_dict
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, ToolchainError, WeightsError
 from pipeline.provenance import sha256_file
 
-from . import bundled_labels, read_labels
+from . import read_labels
 from .frontend import hann_periodic, mel_filterbank
 
 CHECKPOINT_NAMES = ("model.safetensors", "pytorch_model.bin")
@@ -114,34 +114,46 @@ def load_weights(model: Cnn8Rnn, path: Path, cfg: dict) -> dict:
     if path.is_dir():
         ckpt = next((path / n for n in CHECKPOINT_NAMES if (path / n).is_file()), None)
         if ckpt is None:
-            raise PipelineError(f"weights folder {path} has neither {' nor '.join(CHECKPOINT_NAMES)}; "
-                                "copy the published files there or pass WEIGHTS=<file>")
+            raise WeightsError(f"weights folder {path} has neither {' nor '.join(CHECKPOINT_NAMES)}; "
+                               "copy the published files there or pass WEIGHTS=<file>")
     elif path.is_file():
         ckpt = path
     else:
-        raise PipelineError(f"weights path {path} does not exist; pass WEIGHTS=<file or folder>")
+        raise WeightsError(f"weights path {path} does not exist; pass WEIGHTS=<file or folder>")
     classes_num = cfg["model"]["classes_num"]
     sample_rate = cfg["preprocess"]["sample_rate"]
     if (folder / "config.json").is_file():
         hf = json.loads((folder / "config.json").read_text())
         if hf.get("classes_num", classes_num) != classes_num or hf.get("sample_rate", sample_rate) != sample_rate:
-            raise PipelineError(f"{folder / 'config.json'} says classes_num={hf.get('classes_num')}, "
-                                f"sample_rate={hf.get('sample_rate')}; the config expects {classes_num} and "
-                                f"{sample_rate}; use a matching checkpoint or edit the model config")
-    sd = read_state_dict(ckpt, "give the published pytorch_model.bin or model.safetensors of CNN8RNN")
-    check_keys(sd, model.state_dict(), ckpt, "CNN8RNN")
+            raise WeightsError(f"{folder / 'config.json'} says classes_num={hf.get('classes_num')}, "
+                               f"sample_rate={hf.get('sample_rate')}; the config expects {classes_num} and "
+                               f"{sample_rate}; use a matching checkpoint or edit the model config")
+    try:
+        sd = read_state_dict(ckpt, "give the published pytorch_model.bin or model.safetensors of CNN8RNN")
+        check_keys(sd, model.state_dict(), ckpt, "CNN8RNN")
+    except WeightsError:
+        raise
+    except PipelineError as exc:          # pipeline.checkpoint's one-line messages, as the weights subtype
+        raise WeightsError(str(exc)) from None
     model.load_state_dict(sd, strict=True)
     check_frontend_buffers(model, cfg)
-    if (folder / "classes.txt").is_file():
-        labels, source = read_labels(folder / "classes.txt"), str(folder / "classes.txt")
-    else:
-        labels, source = bundled_labels(cfg), "bundled 447 AudioSet-strong names (no classes.txt beside the weights)"
-    if len(labels) != classes_num:
-        raise PipelineError(f"{source} has {len(labels)} labels, the model has {classes_num} classes; "
-                            "give the classes.txt that belongs to the checkpoint")
-    return {"kind": "file", "path": str(ckpt), "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size,
-            "format": "safetensors" if ckpt.suffix == ".safetensors" else "PyTorch pickle",
-            "labels": labels, "labels_source": source, "sample_rate": sample_rate}
+    prov = {"kind": "file", "path": str(ckpt), "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size,
+            "format": "safetensors" if ckpt.suffix == ".safetensors" else "PyTorch pickle", "sample_rate": sample_rate}
+    return {**prov, **labels_record(folder, cfg)}
+
+
+def labels_record(folder: Path, cfg: dict) -> dict:
+    """The checkpoint's classes.txt, recorded in weights.json (the host side's labels() reads it from there, as an
+    Ascend host has build/ but not the weights folder); without one the bundled names apply."""
+    classes_num = cfg["model"]["classes_num"]
+    path = folder / "classes.txt"
+    if not path.is_file():
+        return {"labels_source": f"bundled {cfg['model']['classes_file']} (no classes.txt beside the weights)"}
+    names = read_labels(path)
+    if len(names) != classes_num:
+        raise WeightsError(f"{path} has {len(names)} labels, the model has {classes_num} classes; "
+                           "give the classes.txt that belongs to the checkpoint")
+    return {"labels": names, "labels_source": str(path), "labels_sha256": sha256_file(path)}
 
 
 def export_artifacts(model: Cnn8Rnn, cfg: dict, build_dir: Path) -> list[Path]:
@@ -166,8 +178,8 @@ def check_frontend_buffers(model: Cnn8Rnn, cfg: dict) -> None:
     d_fb = float(np.max(np.abs(model.melspec_extractor.mel_scale.fb.numpy() - fb)))
     d_win = float(np.max(np.abs(model.melspec_extractor.spectrogram.window.numpy() - win)))
     if d_fb > 1e-6 or d_win > 1e-6:
-        raise PipelineError(f"the checkpoint's front-end buffers differ from the host front-end (filterbank "
-                            f"{d_fb:.1e}, window {d_win:.1e}); check preprocess settings in the config")
+        raise WeightsError(f"the checkpoint's front-end buffers differ from the host front-end (filterbank "
+                           f"{d_fb:.1e}, window {d_win:.1e}); check preprocess settings in the config")
 
 
 def calibration_audio(sample_rate: int, seed: int, clips: int = 12, seconds: float = 4.0) -> np.ndarray:
@@ -267,17 +279,19 @@ def apply_standin(model: Cnn8Rnn, cfg: dict, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed + 1)
     class_prior = torch.randn(model.fc_audioset.bias.shape, generator=g) * 1.3 - 5.5   # most classes rare
     model.fc_audioset.bias.copy_(class_prior - mean)
-    return {"kind": "stand-in", "seed": seed, "labels": bundled_labels(cfg),
-            "labels_source": "bundled 447 AudioSet-strong names", "sample_rate": cfg["preprocess"]["sample_rate"],
+    return {"kind": "stand-in", "seed": seed, "labels_source": f"bundled {cfg['model']['classes_file']}",
+            "sample_rate": cfg["preprocess"]["sample_rate"],
+            "rule": "Kaiming convolutions, PyTorch-default GRU/linear, BatchNorm statistics measured on synthetic "
+                    "audio, output layer scaled to a per-class logit std of 1.8 and priors N(-5.5, 1.3)",
             "note": "deterministic stand-in weights (no checkpoint given): BatchNorm statistics calibrated on "
                     "synthetic audio, spread class priors; not the published weights"}
 
 
-def check_onnx(onnx_model) -> None:
+def check_onnx(onnx_model, cfg: dict | None = None) -> None:
     """The TorchScript exporter writes GRU with linear_before_reset=1 (PyTorch's GRU); anything else is wrong."""
     for node in onnx_model.graph.node:
         if node.op_type == "GRU":
             lbr = next((a.i for a in node.attribute if a.name == "linear_before_reset"), 0)
             if lbr != 1:
-                raise PipelineError(f"ONNX GRU node {node.name} has linear_before_reset={lbr}; PyTorch's GRU needs 1 "
-                                    "(export with the TorchScript exporter: export.exporter: torchscript)")
+                raise ToolchainError(f"ONNX GRU node {node.name} has linear_before_reset={lbr}; PyTorch's GRU needs 1 "
+                                     "(export with the TorchScript exporter: export.exporter: torchscript)")
