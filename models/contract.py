@@ -69,6 +69,11 @@ HOOKS: tuple[Hook, ...] = (
          "extra figures of a bench row (front-end cost, audio seconds)", _empty_dict),
     Hook("frames_from_outputs", "host", False, "(cfg, outputs, frames) -> np.ndarray",
          "the frame matrix (frames, classes) from one item's raw outputs (capability `frame_output`)", _none),
+    Hook("text_outputs", "host", False, "(cfg, summary, arrays) -> dict[str, str]",
+         "text files beside a file's arrays, by suffix (e.g. {'f0.csv': ...}), written atomically", _empty_dict),
+    Hook("report_plots", "host", False, "(cfg, source, ref_items, tgt_arrays, meta, out_dir) -> list[tuple]",
+         "(caption, png path) of the family's own plots for one file, reference (raw outputs + context) against "
+         "target (its saved arrays)", _empty_list),
     Hook("task_metrics", "host", False, "(cfg, source, ref_items, tgt_items, meta) -> dict",
          "task figures of one source, target against reference (capability `task_metrics`)", _empty_dict),
     Hook("task_gate", "host", False, "(cfg, per_source) -> list[dict]",

@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         "keep_dtype_file": str(keep_file), "config_lines": config_lines, "top_nodes": top,
         "layers": [{**r, "after_rel_l2": rows_after[i]["rel_l2"] if rows_after else None} for i, r in enumerate(rows)],
         "compute_estimate": "2*MACs for Conv/Gemm/MatMul/GRU from weight and output shapes, numel for other ops",
-        "plot": str(plot_path), "duration_s": time.perf_counter() - t0,
+        "plot": str(plot_path), "wall_s": time.perf_counter() - t0,
     })
     write_json(paths.results / "precision_report.json", rep)
     write_text(paths.results / "precision_report.md", markdown(rep))

@@ -53,6 +53,13 @@ def model_plots(cfg, paths, docs) -> list[tuple[str, Path]]:
     family = load_family(cfg["family"])
     item = sample["items"][0]
     try:
+        tgt_arrays = {n: np.load(tgt_dir / a["file"]) for n, a in arrays.items() if a["file"].endswith(".npy")}
+        manifest = json.loads((paths.inputs / "manifest.json").read_text())
+        ctx = {it["id"]: it.get("context", {}) for it in manifest["items"] if it["id"] in sample["items"]}
+        ref_items = [{**{t["name"]: np.load(ref_dir / f"{i}.{t['name']}.npy") for t in cfg["outputs"]}, **ctx.get(i, {})}
+                     for i in sample["items"]]
+        meta = json.loads((paths.build / "weights.json").read_text())
+        out += family.report_plots(cfg, sample["source"], ref_items, tgt_arrays, meta, d)
         if family.has("frame_output", cfg) and FRAME_ARRAY in arrays and len(sample["items"]) == 1:
             tgt = np.load(tgt_dir / arrays[FRAME_ARRAY]["file"])
             ref_out = {t["name"]: np.load(ref_dir / f"{item}.{t['name']}.npy") for t in cfg["outputs"]}

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from convert.targets import load_target
+from models.contract import AUDIO_PER_BATCH_KEY
 from pipeline import backends
 from pipeline import provenance
 from pipeline.atomic import write_json, write_text
@@ -273,10 +274,10 @@ def model_only(paths: ModelPaths, backend: str, run: dict, time_input: bool) -> 
     infer = run["infer"]
     if time_input and infer.get("real_time_factor"):
         mean_item_s = infer["audio_s"] / run["items"]
-        i, row = min(rows, key=lambda ir: abs(ir[1]["audio_s_per_batch"] / ir[1]["batch_size"] - mean_item_s))
+        i, row = min(rows, key=lambda ir: abs(ir[1][AUDIO_PER_BATCH_KEY] / ir[1]["batch_size"] - mean_item_s))
         basis, value, run_value = "real_time_factor", row["real_time_factor"], infer["real_time_factor"]
         note = (f"items are clips of {mean_item_s:.1f} s on average; the bench row with the nearest clip length "
-                f"({row['audio_s_per_batch'] / row['batch_size']:.0f} s) is compared by real-time factor")
+                f"({row[AUDIO_PER_BATCH_KEY] / row['batch_size']:.0f} s) is compared by real-time factor")
     else:
         i, row = rows[0]
         basis, value, run_value = "items_per_s", row["throughput_samples_per_s"], infer["end_to_end_items_per_s"]

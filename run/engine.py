@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import provenance
-from pipeline.atomic import _default, save_npy
+from models.contract import DURATION_KEY, RTF_KEY
+from pipeline.atomic import _default, save_npy, write_text
 from pipeline.batching import feed_names, rows_of, run_rows, signature, split, stack
 from pipeline.errors import PipelineError
 
@@ -73,11 +74,13 @@ class BlockWorker:
     def run_block(self, block: int, prepared: list[dict]) -> dict:
         """One block's journal entry: {"block", "records": [...], "stats": {...}}."""
         stats = {"infer_s": 0.0, "post_s": 0.0, "prepare_s": 0.0, "batches": 0, "device_runs": 0, "items": 0}
+        self.busy: dict[int, float] = {}         # seconds spent on each source: prepare + its share of runs + post
         pending: dict[tuple, list] = {}
         outs: dict[int, dict] = {}
         records = {}
         for p in prepared:
             stats["prepare_s"] += p.get("prepare_s", 0.0)
+            self.busy[p["index"]] = p.get("prepare_s", 0.0)
             if "error" in p:
                 records[p["index"]] = {"index": p["index"], "source": p["source"], "error": p["error"]}
                 continue
@@ -103,7 +106,7 @@ class BlockWorker:
             rec = records[p["index"]]
             t0 = time.perf_counter()
             try:
-                rec.update(self._postprocess(p, outs[p["index"]]))
+                rec.update(self._postprocess(p, outs[p["index"]], t0))
             except PipelineError as exc:
                 rec = {"index": p["index"], "source": p["source"], "error": " ".join(str(exc).split())}
             records[p["index"]] = rec
@@ -114,7 +117,11 @@ class BlockWorker:
         feeds = stack([b[3] for b in batch], self.names)
         t0 = time.perf_counter()
         out, runs = run_rows(self.runner, feeds, self.pad)
-        stats["infer_s"] += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        stats["infer_s"] += dt
+        rows = [rows_of(b[3], self.names) for b in batch]
+        for b, r in zip(batch, rows):
+            self.busy[b[1]] = self.busy.get(b[1], 0.0) + dt * r / max(1, sum(rows))
         stats["batches"] += 1
         stats["device_runs"] += runs
         stats["items"] += len(batch)
@@ -123,15 +130,23 @@ class BlockWorker:
                 save_npy(self.work / "outputs" / "items" / f"{iid}.{name}.npy", arr)
             outs[idx][k] = {**res, **context}
 
-    def _postprocess(self, p: dict, outs: dict) -> dict:
+    def _postprocess(self, p: dict, outs: dict, t0: float) -> dict:
         source = Path(p["source"])
         items = [outs[k] for k in range(len(p["items"]))]
         summary, arrays = self.family.postprocess(self.cfg, source, items, self.meta)
+        stem = f"{p['index']:05d}_{_safe(source.stem)}"
         saved = {}
         for name, arr in arrays.items():
-            rel = Path("post") / f"{p['index']:05d}_{_safe(source.stem)}.{name}.npy"
+            rel = Path("post") / f"{stem}.{name}.npy"
             save_npy(self.work / "outputs" / rel, np.asarray(arr))
             saved[name] = {"file": str(rel), "shape": list(np.shape(arr))}
+        for suffix, text in self.family.text_outputs(self.cfg, summary, arrays).items():
+            rel = Path("post") / f"{stem}.{suffix}"
+            write_text(self.work / "outputs" / rel, text)
+            saved[suffix] = {"file": str(rel)}
+        if self.family.has("time_input", self.cfg) and isinstance(summary, dict):
+            busy = self.busy.get(p["index"], 0.0) + time.perf_counter() - t0
+            summary[RTF_KEY] = summary[DURATION_KEY] / busy if busy > 0 else None
         return {"source_sha256": provenance.sha256_file(source),
                 "items": [item_id(p["index"], k) for k in range(len(p["items"]))], "summary": summary, "arrays": saved}
 
