@@ -21,7 +21,7 @@ from pipeline.ais_runner import AisBenchRunner, check_om_path, device_ms, numpy_
 
 
 def cfg_for(in_shape, outputs=("embedding", "peak")):
-    raw = {"name": "m", "family": "convnext_clip", "inputs": [{"name": "x", "shape": in_shape}],
+    raw = {"name": "m", "family": "timm_image", "inputs": [{"name": "x", "shape": in_shape}],
            "outputs": [{"name": o, "shape": ["batch", 3]} for o in outputs], "export": {"parity_cases": []}}
     return {**validate(raw, SCHEMA, "", "t.yaml"), "_source": "t.yaml"}
 

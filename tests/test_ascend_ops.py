@@ -67,7 +67,7 @@ def test_mixlist_is_accepted_by_the_atc_command_builder():
     from pipeline.schema import validate
 
     mixlist, _ = mixlist_for(["Softmax", "ReduceMean"], 17)
-    raw = {"name": "m", "family": "convnext_clip", "inputs": [{"name": "x", "shape": ["batch", 3, 8, 8]}],
+    raw = {"name": "m", "family": "timm_image", "inputs": [{"name": "x", "shape": ["batch", 3, 8, 8]}],
            "outputs": [{"name": "y", "shape": ["batch", 4]}], "export": {"parity_cases": []},
            "atc": {"precision_mode": "allow_mix_precision", "modify_mixlist": mixlist}}
     job = build_atc_jobs({**validate(raw, SCHEMA, "", "t.yaml"), "_source": "t.yaml"}, "m.onnx", "Ascend310P3")[0]

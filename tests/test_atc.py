@@ -23,7 +23,7 @@ HERE = Path(__file__).parent
 
 
 def convnext_cfg(**atc):
-    raw = {"name": CN, "family": "convnext_clip",
+    raw = {"name": CN, "family": "timm_image",
            "inputs": [{"name": "image", "shape": ["batch", 3, 256, 256]}],
            "outputs": [{"name": "embedding", "shape": ["batch", 640]}],
            "export": {"parity_cases": [{"image": [1, 3, 256, 256]}]},

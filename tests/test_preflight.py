@@ -17,7 +17,7 @@ CN = "convnext_base_clip_laion2b"
 
 
 def cfg_for(inputs, **atc):
-    raw = {"name": "t", "family": "convnext_clip", "inputs": inputs,
+    raw = {"name": "t", "family": "timm_image", "inputs": inputs,
            "outputs": [{"name": "y", "shape": ["batch", 4]}],
            "export": {"parity_cases": []}, "atc": atc}
     return {**validate(raw, SCHEMA, "", "t.yaml"), "_source": "t.yaml"}
