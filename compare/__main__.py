@@ -4,24 +4,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-from pathlib import Path
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from pipeline import provenance
+from convert.targets import reference_runner
+from pipeline import backends, provenance
 from pipeline.atomic import save_npy, write_json
-from pipeline.config import gate_for, load_config
+from pipeline.batching import rows_of, run_rows, split, stack
+from pipeline.config import gate_for, load_config, load_family
 from pipeline.errors import ConfigError, PipelineError, cli
 from pipeline.log import StageLog
-from pipeline.metrics import compare_arrays, gate_check
+from pipeline.metrics import gate_check
 from pipeline.paths import ModelPaths
 from pipeline.progress import Progress
-from pipeline.batching import rows_of, run_rows, signature, split, stack
-from convert.targets import reference_runner
-from pipeline import backends
-from pipeline.config import load_family
 
 from .explain import explain_output
 

@@ -261,3 +261,15 @@ def merge_frames(parts: list[np.ndarray], plan: list[Window], per: int = 1) -> n
         a = w.start // per
         out[a:a + p.shape[0]] += p * x.reshape((-1,) + (1,) * (p.ndim - 1))
     return out.astype(parts[0].dtype)
+
+
+def write_clip(path: Path, mono: np.ndarray, sample_rate: int, channels: int, fmt: str) -> Path:
+    """A generated sample file: `channels` copies of `mono` at falling gain, 16-bit WAV/FLAC/OGG, written atomically."""
+    import soundfile as sf
+
+    from pipeline.atomic import atomic_path
+
+    data = np.stack([mono * (1.0 - 0.2 * c) for c in range(channels)], axis=1)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), data, sample_rate, format=fmt.upper(), subtype="PCM_16")
+    return Path(path)

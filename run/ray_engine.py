@@ -185,7 +185,7 @@ def run_ray(cfg, backend, target, meta, work, sources, blocks, todo, journal, pr
         on_npu = backends.get(backend).device_kind == "npu"
         threads = max(1, cpus // n)
         log(f"infer | {cfg['name']} on {backend} with ENGINE=ray: {n} worker(s)"
-            + (f", one NPU each (Ray sets ASCEND_RT_VISIBLE_DEVICES)" if on_npu else f", {threads} thread(s) each")
+            + (", one NPU each (Ray sets ASCEND_RT_VISIBLE_DEVICES)" if on_npu else f", {threads} thread(s) each")
             + f", {len(todo)} block(s) of {batch_size}; cluster up in {init_s:.1f} s")
         ds = ray.data.from_items([{"block": b, "indices": json.dumps(blocks[b])} for b in todo],
                                  override_num_blocks=max(1, len(todo)))

@@ -129,10 +129,6 @@ def synth_scene(rng: np.random.Generator, sr: int, seconds: float) -> np.ndarray
 
 def generate_sources(cfg: dict, out_dir: Path, count: int | None = None, seed: int | None = None) -> list[Path]:
     """Deterministic WAV/FLAC clips of several lengths, sample rates and channel counts."""
-    import soundfile as sf
-
-    from pipeline.atomic import atomic_path
-
     count = count or cfg["infer"]["samples"]
     rng = np.random.default_rng(cfg["infer"]["seed"] if seed is None else seed)
     kinds = [(32000, 1, 3.0, "wav"), (44100, 2, 10.0, "wav"), (16000, 1, 1.0, "flac"), (48000, 2, 7.5, "flac")]
@@ -141,11 +137,7 @@ def generate_sources(cfg: dict, out_dir: Path, count: int | None = None, seed: i
     for i in range(count):
         sr, ch, seconds, ext = kinds[i % len(kinds)]
         mono = audio.resample(synth_scene(rng, 32000, seconds), 32000, sr)
-        data = np.stack([mono * (1.0 - 0.2 * c) for c in range(ch)], axis=1)
-        path = out_dir / f"clip_{i:04d}_{sr // 1000}k_{ch}ch.{ext}"
-        with atomic_path(path) as tmp:
-            sf.write(str(tmp), data, sr, format=ext.upper(), subtype="PCM_16")
-        paths.append(path)
+        paths.append(audio.write_clip(out_dir / f"clip_{i:04d}_{sr // 1000}k_{ch}ch.{ext}", mono, sr, ch, ext))
     return paths
 
 

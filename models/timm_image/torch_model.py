@@ -18,7 +18,7 @@ import torch
 from modality.image import random_images
 from pipeline.atomic import write_json
 from pipeline.checkpoint import check_keys, read_state_dict
-from pipeline.errors import ConfigError, PipelineError, ToolchainError, WeightsError
+from pipeline.errors import ConfigError, ToolchainError, WeightsError
 from pipeline.provenance import sha256_file
 
 # first existing file wins, as in timm's local-dir loader
@@ -165,16 +165,11 @@ def filter_checkpoint(sd: dict, model: torch.nn.Module) -> dict:
 
 def load_weights(model: torch.nn.Module, path: Path, cfg: dict) -> dict:
     ckpt = find_checkpoint(Path(path))
-    try:
-        raw = read_state_dict(ckpt, HINT)
-        fmt = ("OpenCLIP" if any(k.startswith("visual.") for k in raw)
-               else "timm safetensors" if ckpt.suffix == ".safetensors" else "timm pickle")
-        sd = filter_checkpoint(raw, model)
-        check_keys(sd, model.state_dict(), ckpt, f"{cfg['model']['architecture']} ({cfg['name']})")
-    except WeightsError:
-        raise
-    except PipelineError as exc:
-        raise WeightsError(str(exc)) from None
+    raw = read_state_dict(ckpt, HINT)
+    fmt = ("OpenCLIP" if any(k.startswith("visual.") for k in raw)
+           else "timm safetensors" if ckpt.suffix == ".safetensors" else "timm pickle")
+    sd = filter_checkpoint(raw, model)
+    check_keys(sd, model.state_dict(), ckpt, f"{cfg['model']['architecture']} ({cfg['name']})")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
     return {"kind": "file", "path": str(ckpt), "sha256": sha256_file(ckpt), "format": fmt,
             "bytes": ckpt.stat().st_size, "filter": getattr(timm_filter(model), "__qualname__", None)}
