@@ -64,5 +64,6 @@ def test_publish_section_is_honest(results):
 
 
 def test_device_labels():
-    assert device_label("om", "npu:0") == "Ascend NPU (npu:0)"
+    assert device_label("om", "npu:0").startswith("Ascend NPU (npu:0;") and "not an NPU" not in device_label("om", "npu:0")
+    assert device_label("nosuch", "cpu") == "not run"
     assert "not an NPU" in device_label("ort-fp16", "cpu") and "not an NPU" in device_label("ort-cpu", "cpu")
