@@ -159,10 +159,11 @@ MORE_EVIDENCE := crepe_full resnet50_a1_in1k efficientnet_b0_ra_in1k mobilenetv3
 EVIDENCE_DATASETS ?= cnn8rnn_audioset_sed:1000:10000 convnext_base_clip_laion2b:200:0
 evidence: | $(ENV_STAMP)
 	$(MAKE) all MODEL="$(DEFAULTS)"
-	$(MAKE) all MODEL="$(MORE_EVIDENCE)"
-	$(MAKE) doctor preflight precision MODEL="$(DEFAULTS)"
+	$(MAKE) all MODEL=crepe_full
 	@for d in $(EVIDENCE_DATASETS); do IFS=: read m c s <<< "$$d"; \
 	  $(MAKE) dataset MODEL=$$m COUNT=$$c SOAK=$$s ENGINE=ray || exit 1; done
+	$(MAKE) all MODEL="$(filter-out crepe_full,$(MORE_EVIDENCE))"
+	$(MAKE) doctor preflight precision MODEL="$(DEFAULTS)"
 	$(MAKE) report PUBLISH=1 MODEL="$(DEFAULTS) $(MORE_EVIDENCE)"
 
 # ---- tests ----------------------------------------------------------------------------------------
