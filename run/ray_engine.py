@@ -71,6 +71,14 @@ def pool_size(workers_arg: str, backend: str, npus: int, cpus: int) -> int:
     return n
 
 
+FILES_PER_TASK = 16      # blocks go to actors in groups of about this many files: fewer, larger Ray tasks
+
+
+def tasks_of(blocks: int, batch_size: int, workers: int) -> int:
+    """Blocks per Ray task: about FILES_PER_TASK files, but at least 4 tasks per worker while there are blocks."""
+    return max(1, min(FILES_PER_TASK // max(1, batch_size), blocks // (4 * workers)))
+
+
 def input_meta_from_target(cfg: dict, backend: str):
     """What `prepare` needs of the target without opening it: static dims from the .om build, else the ONNX."""
     from pipeline.paths import ModelPaths
@@ -131,12 +139,17 @@ class _Prepare:
         self.meta = input_meta_from_target(self.cfg, backend)
         self.sources = sources
 
-    def __call__(self, row: dict) -> dict:
+    def __call__(self, batch):
+        import numpy as np
+
         from .engine import prepare_source
 
-        idx = json.loads(row["indices"])
-        prepared = [prepare_source(self.family, self.cfg, self.meta, i, Path(self.sources[i])) for i in idx]
-        return {"block": row["block"], "payload": pickle.dumps(prepared, protocol=5)}
+        payloads = []
+        for indices in batch["indices"]:
+            prepared = [prepare_source(self.family, self.cfg, self.meta, i, Path(self.sources[i]))
+                        for i in json.loads(indices)]
+            payloads.append(pickle.dumps(prepared, protocol=5))
+        return {"block": batch["block"], "payload": np.array(payloads, dtype=object)}
 
 
 class _Infer:
@@ -187,15 +200,17 @@ def run_ray(cfg, backend, target, meta, work, sources, blocks, todo, journal, pr
         log(f"infer | {cfg['name']} on {backend} with ENGINE=ray: {n} worker(s)"
             + (", one NPU each (Ray sets ASCEND_RT_VISIBLE_DEVICES)" if on_npu else f", {threads} thread(s) each")
             + f", {len(todo)} block(s) of {batch_size}; cluster up in {init_s:.1f} s")
+        group = tasks_of(len(todo), batch_size, n)
         ds = ray.data.from_items([{"block": b, "indices": json.dumps(blocks[b])} for b in todo],
-                                 override_num_blocks=max(1, len(todo)))
-        ds = ds.map(_Prepare, fn_constructor_kwargs={"cfg_path": cfg["_path"], "backend": backend,
-                                                     "sources": [str(s) for s in sources]},
-                    concurrency=1, num_cpus=1)
+                                 override_num_blocks=max(1, -(-len(todo) // group)))
+        ds = ds.map_batches(_Prepare, batch_size=group, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
+                            fn_constructor_kwargs={"cfg_path": cfg["_path"], "backend": backend,
+                                                   "sources": [str(s) for s in sources]}, batch_format="numpy")
         remote = {"resources": {"NPU": 1}} if on_npu else {}
         if os.environ.get("RAY_ACCELERATOR_TYPE"):        # an .om runs on one chip type: place actors on it
             remote["accelerator_type"] = os.environ["RAY_ACCELERATOR_TYPE"]
-        ds = ds.map_batches(_Infer, batch_size=1, concurrency=n, num_cpus=0 if on_npu else 1,
+        ds = ds.map_batches(_Infer, batch_size=group, compute=ray.data.ActorPoolStrategy(size=n),
+                            num_cpus=0 if on_npu else 1,
                             fn_constructor_kwargs={"cfg_path": cfg["_path"], "backend": backend, "work": str(work),
                                                    "batch_size": batch_size, "threads": 0 if on_npu else threads},
                             batch_format="numpy", **remote)
@@ -256,7 +271,8 @@ def run_reference_ray(cfg, paths, manifest, chunks, pad, workers_arg, log) -> di
         n = pool_size(workers_arg, backends.REFERENCE, 0, cpus)
         log(f"compare | reference on Ray: {n} worker(s), {len(chunks)} chunk(s)")
         ds = ray.data.from_items([{"chunk": json.dumps(c)} for c in chunks], override_num_blocks=max(1, len(chunks)))
-        ds = ds.map_batches(_Reference, batch_size=1, concurrency=n, num_cpus=1, batch_format="numpy",
+        ds = ds.map_batches(_Reference, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1,
+                            batch_format="numpy",
                             fn_constructor_kwargs={"cfg_path": cfg["_path"], "threads": max(1, cpus // n), "pad": pad})
         for _ in ds.iter_rows():
             pass
