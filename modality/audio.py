@@ -27,16 +27,10 @@ CLIP_LEVEL = 0.999              # |sample| at or above this counts as clipped
 
 def find_audio_files(input_arg: str) -> list[Path]:
     """INPUT as a file or a folder (searched recursively): the audio files in it, sorted."""
-    path = Path(input_arg)
-    if not path.exists():
-        raise InputError(f"INPUT {input_arg} does not exist; give an audio file or a folder of WAV/FLAC/OGG files")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise InputError(f"INPUT folder {input_arg} holds no audio ({', '.join(AUDIO_SUFFIXES)}); "
-                         "point INPUT at a folder of WAV/FLAC/OGG files")
-    return files
+    from . import find_files
+
+    return find_files(input_arg, AUDIO_SUFFIXES, "an audio file", "a folder of WAV/FLAC/OGG files", "audio",
+                      "a folder of WAV/FLAC/OGG files")
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -29,16 +29,10 @@ SAMPLE_KINDS = [("png", "RGB", (320, 240)), ("jpg", "RGB", (200, 300)), ("webp",
 
 def find_image_files(input_arg: str) -> list[Path]:
     """INPUT as a file or a folder (searched recursively): the image files in it, sorted."""
-    path = Path(input_arg)
-    if not path.exists():
-        raise InputError(f"INPUT {input_arg} does not exist; give an image file or a folder of images")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(f"INPUT folder {input_arg} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
-                         "point INPUT at a folder of JPEG/PNG/WebP files")
-    return files
+    from . import find_files
+
+    return find_files(input_arg, IMAGE_SUFFIXES, "an image file", "a folder of images", "images",
+                      "a folder of JPEG/PNG/WebP files")
 
 
 def generate_images(out_dir: Path, count: int, seed: int) -> list[Path]:
