@@ -6,8 +6,7 @@ SHELL := /bin/bash
 .SECONDARY:
 .SECONDEXPANSION:
 
-DEFAULTS  := $(sort $(basename $(notdir $(wildcard configs/*.yaml))))
-CONFIGS   := $(sort $(DEFAULTS) $(basename $(notdir $(wildcard configs/more/*.yaml))))
+DEFAULTS  := $(filter-out zoo,$(sort $(basename $(notdir $(wildcard configs/*.yaml)))))
 MODEL     ?= $(DEFAULTS)
 BACKEND   ?= auto
 WEIGHTS   ?=
@@ -22,6 +21,11 @@ FAIL_ON_BAD ?=
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 B         := $(or $(PIPELINE_BUILD_DIR),build)
+ZOO       ?=
+ZOO_LIST  ?= configs/zoo.yaml
+# configs `make zoo` generated (build/zoo/configs/) run by name like the others
+ZOO_CFG   := $(B)/zoo/configs
+CONFIGS   := $(sort $(DEFAULTS) $(basename $(notdir $(wildcard configs/more/*.yaml $(ZOO_CFG)/*.yaml))))
 export WEIGHTS INPUT DEVICE SOC BACKEND ENGINE WORKERS FAIL_ON_BAD SOAK
 
 ifneq ($(filter-out $(CONFIGS),$(MODEL)),)
@@ -40,11 +44,11 @@ endif
 
 ENV_STAMP := $(VENV)/.installed-$(ENV)$(if $(and $(filter host,$(ENV)),$(filter ray,$(ENGINE))),-ray,)
 PIPE_SRC  := $(wildcard pipeline/*.py)
-cfgfile    = $(firstword $(wildcard configs/$(1).yaml configs/more/$(1).yaml))
+cfgfile    = $(firstword $(wildcard configs/$(1).yaml configs/more/$(1).yaml $(ZOO_CFG)/$(1).yaml))
 family     = $(shell sed -n 's/^family: *//p' $(call cfgfile,$(1)))
 FAMILY_SRC = $(wildcard models/$(call family,$(1))/*.py models/$(call family,$(1))/*.txt)
 
-.PHONY: help env export om infer compare bench all test clean distclean doctor preflight precision report dataset evidence FORCE
+.PHONY: help env export om infer compare bench all test clean distclean doctor preflight precision report dataset evidence zoo FORCE
 
 help:
 	@echo "Ascend offline-inference pipeline"
@@ -60,7 +64,8 @@ help:
 	@echo "  make dataset    infer + compare over COUNT generated inputs, memory and speed -> results/<model>/dataset_run.json"
 	@echo "  make report     REPORT.md per model and combined, plots; PUBLISH=1 adds the model-card section"
 	@echo "  make precision  where fp16 loses precision, and the keep_dtype fix -> results/<model>/precision_report.md"
-	@echo "  make evidence   every model, doctor, preflight, precision, dataset runs (ENGINE=ray), report: results/ and logs/"
+	@echo "  make evidence   every model, doctor, preflight, precision, dataset runs (ENGINE=ray), zoo, report: results/ and logs/"
+	@echo "  make zoo        sweep the timm models of ZOO_LIST (or ZOO=<names>) through every stage -> results/zoo/ZOO.md"
 	@echo "  make clean      remove build/ (ONNX, .om, .npy); results/ and logs/ stay"
 	@echo "Variables: MODEL=<one or more of: $(CONFIGS)> (default: $(DEFAULTS))"
 	@echo "           BACKEND=<$(BACKENDS)> (make doctor says what auto does on this machine)"
@@ -68,6 +73,7 @@ help:
 	@echo "           COUNT=<inputs for make dataset, default 1000>"
 	@echo "           ENV=<full|host> (host: no torch, for an Ascend host)"
 	@echo "           ENGINE=<local|ray> WORKERS=<actors> RAY_ADDRESS=<head:port> FAIL_ON_BAD=1 (infer, compare, dataset)"
+	@echo "           ZOO=<timm names or zoo entries> ZOO_LIST=<yaml, default configs/zoo.yaml> (make zoo)"
 
 # ---- environment -------------------------------------------------------------------------------
 env: $(ENV_STAMP)
@@ -164,7 +170,12 @@ evidence: | $(ENV_STAMP)
 	  $(MAKE) dataset MODEL=$$m COUNT=$$c SOAK=$$s ENGINE=ray || exit 1; done
 	$(MAKE) all MODEL="$(filter-out crepe_full,$(MORE_EVIDENCE))"
 	$(MAKE) doctor preflight precision MODEL="$(DEFAULTS)"
+	$(MAKE) zoo
 	$(MAKE) report PUBLISH=1 MODEL="$(DEFAULTS) $(MORE_EVIDENCE)"
+
+# ---- zoo sweep: each model through the stages above (make export, preflight, om, compare, precision, bench) ----
+zoo: | $(ENV_STAMP)
+	$(PY) -m zoo --list $(ZOO_LIST) --backend $(BACKEND) $(if $(ZOO),--only $(ZOO),)
 
 # ---- tests ----------------------------------------------------------------------------------------
 test: $(VENV)/.installed-full

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
-from .paths import CONFIG_DIR, ROOT
+from .paths import CONFIG_DIR, ROOT, ModelPaths
 from .schema import NUMBER, ListOf, MapOf, OneOf, Opt, validate
 from .reads import STAGES, discard_reads, save_reads, track  # noqa: F401  (stages call them from here)
 
@@ -108,24 +108,34 @@ SCHEMA = {
 _ = NUMBER
 
 
-# configs/*.yaml are the default set (`make all` with no MODEL); configs/more/*.yaml run by name only
+# configs/*.yaml are the default set (`make all` with no MODEL); configs/more/*.yaml run by name only;
+# `make zoo` writes a config per swept model into build/zoo/configs/ (generated, never committed)
 MORE_DIR = CONFIG_DIR / "more"
+
+
+def zoo_config_dir() -> Path:
+    return ModelPaths("zoo").build / "configs"
 
 
 def config_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         return p if p.is_absolute() else (Path.cwd() / p)
-    more = MORE_DIR / f"{name_or_path}.yaml"
-    return more if more.exists() and not (CONFIG_DIR / f"{name_or_path}.yaml").exists() else CONFIG_DIR / f"{name_or_path}.yaml"
+    for folder in (CONFIG_DIR, MORE_DIR, zoo_config_dir()):
+        if (folder / f"{name_or_path}.yaml").exists():
+            return folder / f"{name_or_path}.yaml"
+    return CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+ZOO_LIST = "zoo"    # configs/zoo.yaml is `make zoo`'s list of models, not a model config
 
 
 def default_models() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != ZOO_LIST)
 
 
 def available_models() -> list[str]:
-    return sorted({p.stem for p in CONFIG_DIR.glob("*.yaml")} | {p.stem for p in MORE_DIR.glob("*.yaml")})
+    return sorted(set(default_models()) | {p.stem for p in MORE_DIR.glob("*.yaml")})
 
 
 _FAMILIES: dict = {}
@@ -161,6 +171,9 @@ def load_config(name_or_path: str, stage: str | None = None) -> dict:
     if stage is not None and stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; known stages: {', '.join(STAGES)}")
     path = config_path(name_or_path)
+    if path == CONFIG_DIR / f"{ZOO_LIST}.yaml":
+        raise ConfigError(f"{ZOO_LIST} is the list of `make zoo`, not a model; run `make zoo` or pick a model: "
+                          f"{', '.join(available_models())}")
     if not path.exists():
         models = ", ".join(available_models()) or "none"
         raise ConfigError(f"unknown model '{name_or_path}' (no {path}); available models: {models}")

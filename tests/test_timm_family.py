@@ -19,7 +19,7 @@ from pipeline.metrics import rel_l2
 
 CLIP = "convnext_base_clip_laion2b"
 TIMM_CONFIGS = sorted(p.stem for d in (CONFIG_DIR, MORE_DIR) for p in d.glob("*.yaml")
-                      if yaml.safe_load(p.read_text())["family"] == "timm_image")
+                      if yaml.safe_load(p.read_text()).get("family") == "timm_image")
 CLASSIFIERS = [n for n in TIMM_CONFIGS if n != CLIP]
 
 
