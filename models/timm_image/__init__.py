@@ -30,6 +30,9 @@ MODEL_SCHEMA = {
     "num_classes": Opt(int, None, help="head width; default: timm's pretrained cfg"),
     "head": Opt(OneOf(("classifier", "embedding")), "classifier",
                 help="classifier: top-k labels; embedding: embedding summary and normalised embedding"),
+    "fused_attn": Opt((bool, type(None)), None,
+                      help="false: attention without F.scaled_dot_product_attention (timm's own path), for "
+                           "exporters that cannot trace it; null: timm's default"),
 }
 PREPROCESS_SCHEMA = {    # null/absent = timm's pretrained data config (build/<m>/preprocess.json)
     "crop_pct": Opt(float, None),

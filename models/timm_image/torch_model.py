@@ -80,7 +80,9 @@ def build(cfg: dict) -> torch.nn.Module:
         raise ConfigError(f"{cfg['name']}: {name} has a {trained}-wide head (timm pretrained cfg) but the output "
                           f"shape says {width}; set outputs to [batch, {trained}], or model.num_classes: {width} "
                           "for a new head")
-    kwargs = {"num_classes": width}
+    # a headless pretrained cfg (num_classes 0, e.g. MIM) with an embedding head: the pooled features
+    headless = cfg["model"]["head"] == "embedding" and trained == 0 and cfg["model"]["num_classes"] is None
+    kwargs = {"num_classes": 0 if headless else width}
     size = tuple(cfg["inputs"][0]["shape"][2:])
     if pcfg.get("fixed_input_size") and tuple(pcfg.get("input_size", (3, *size))[1:]) != size:
         kwargs["img_size"] = size
@@ -90,6 +92,10 @@ def build(cfg: dict) -> torch.nn.Module:
         raise ConfigError(f"{cfg['name']}: timm cannot build {name} for input {list(size)} "
                           f"({str(exc).splitlines()[0][:120]}); use its input size "
                           f"{list(pcfg.get('input_size', ['?'])[1:])}") from None
+    if cfg["model"]["fused_attn"] is not None:     # timm's attention modules read this flag per call
+        for m in model.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = cfg["model"]["fused_attn"]
     return model.eval()
 
 
@@ -178,7 +184,7 @@ def load_weights(model: torch.nn.Module, path: Path, cfg: dict) -> dict:
 # --- stand-in weights ---
 
 STANDIN_RULE = ("parameters: layer-scale gammas and the norm scales that close a residual branch (the ones timm's "
-                "zero_init_last zeroes) exp(N(-1.8, 0.6)) (median 0.17), other norm scales |N(1, 0.25)| with "
+                "zero_init_last zeroes, or the architecture starts at zero) exp(N(-1.8, 0.6)) (median 0.17), other norm scales |N(1, 0.25)| with "
                 "1% outlier channels x6, biases N(0, 0.05), position/class tokens N(0, 0.02), conv/linear weights "
                 "N(0, 1/fan_in); BatchNorm running statistics re-estimated on generated images; a classifier head "
                 f"scaled so its logits have std {TARGET_LOGIT_STD:g} on those images (an embedding head is kept)")
@@ -204,6 +210,9 @@ def apply_standin(model: torch.nn.Module, cfg: dict, seed: int) -> dict:
     def normal(shape, std, mean=0.0):
         return torch.randn(shape, generator=g) * std + mean
 
+    # norm scales the architecture itself starts at zero: they close a residual branch even without a
+    # `zero_init_last` marker (LeViT's bn_weight_init=0)
+    zero_init = {n for n, p in model.named_parameters() if p.ndim == 1 and n.endswith("weight") and not p.any()}
     for name, p in model.named_parameters():
         if p.ndim == 0:
             continue
@@ -219,7 +228,10 @@ def apply_standin(model: torch.nn.Module, cfg: dict, seed: int) -> dict:
             p.copy_(normal(p.shape, 0.02))
         else:                                                   # conv / linear weights
             p.copy_(normal(p.shape, 1.0 / p[0].numel() ** 0.5))
-    _scale_residual_branches(model, lambda shape: torch.exp(normal(shape, 0.6, -1.8)))
+    drawn = _scale_residual_branches(model, lambda shape: torch.exp(normal(shape, 0.6, -1.8)))
+    for name, p in model.named_parameters():
+        if name in zero_init and name not in drawn:
+            p.copy_(torch.exp(normal(p.shape, 0.6, -1.8)))
     images = _calibration_images(cfg, seed)
     _calibrate_batchnorm(model, images)
     logit_std = _scale_classifier(model, images) if cfg["model"]["head"] == "classifier" else None
@@ -229,10 +241,12 @@ def apply_standin(model: torch.nn.Module, cfg: dict, seed: int) -> dict:
                     f"{cfg['model']['architecture']} weights"}
 
 
-def _scale_residual_branches(model: torch.nn.Module, draw) -> None:
+def _scale_residual_branches(model: torch.nn.Module, draw) -> set[str]:
     """The norm scales that close a residual branch (those timm's `zero_init_last` zeroes) get layer-scale
-    magnitudes: trained residual CNNs keep them small, so the identity path dominates as in a trained net."""
-    for mod in model.modules():
+    magnitudes: trained residual CNNs keep them small, so the identity path dominates as in a trained net.
+    Returns the parameter names it drew."""
+    drawn = set()
+    for prefix, mod in model.named_modules():
         if not callable(getattr(mod, "zero_init_last", None)):
             continue
         before = {n: p.clone() for n, p in mod.named_parameters()}
@@ -241,6 +255,8 @@ def _scale_residual_branches(model: torch.nn.Module, draw) -> None:
             if torch.equal(p, before[n]):
                 continue
             p.copy_(draw(p.shape) if not p.any() else before[n])
+            drawn.add(f"{prefix}.{n}" if prefix else n)
+    return drawn
 
 
 def _calibration_images(cfg: dict, seed: int) -> list[torch.Tensor]:
@@ -269,12 +285,25 @@ def _calibrate_batchnorm(model: torch.nn.Module, images: list[torch.Tensor]) -> 
         model.eval()
 
 
+def _head_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The last Linear/Conv2d of each classifier head (a distilled model has two; LeViT wraps it in a norm)."""
+    heads = model.get_classifier() if hasattr(model, "get_classifier") else None
+    out = []
+    for h in heads if isinstance(heads, tuple) else (heads,):
+        layers = [m for m in h.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))] \
+            if isinstance(h, torch.nn.Module) else []
+        if layers:
+            out.append(layers[-1])
+    return out
+
+
 def _scale_classifier(model: torch.nn.Module, images: list[torch.Tensor]) -> float | None:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, (torch.nn.Linear, torch.nn.Conv2d)):
+    heads = _head_layers(model)
+    if not heads:
         return None
     logits = torch.cat([model(x).flatten(1) for x in images])
     std = float(logits.std())
     if std > 0:
-        head.weight.mul_(TARGET_LOGIT_STD / std)
+        for head in heads:
+            head.weight.mul_(TARGET_LOGIT_STD / std)
     return float(torch.cat([model(x).flatten(1) for x in images]).std())
