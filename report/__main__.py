@@ -116,7 +116,19 @@ def combined(rows: list[tuple[str, dict]], env_info) -> str:
         lines.append(f"| {m} | {device_label(t.get('backend'), t.get('device'))} | "
                      f"{get(exp, '/parity/verdict') or 'not run'} | {(acc or {}).get('verdict', 'not run')} | {tp} | "
                      f"[{m}/REPORT.md]({m}/REPORT.md) |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + zoo_section()) + "\n"
+
+
+def zoo_section() -> list[str]:
+    """`make zoo`'s table (results/zoo/zoo.json), when a sweep has run."""
+    from zoo.table import markdown
+
+    path = ModelPaths("zoo").results / "zoo.json"
+    if not path.is_file():
+        return []
+    text = markdown(json.loads(path.read_text()), prefix="zoo/")
+    return ["", "## Zoo sweep", "", "From `make zoo`; the whole table with its notes: [zoo/ZOO.md](zoo/ZOO.md).", "",
+            *text.split("\n", 2)[2].splitlines()]
 
 
 def publish(cfg, paths, docs) -> Path:

@@ -1,0 +1,140 @@
+"""One row of the zoo table: a verdict, a cause class and the figures of every stage, read from the stages'
+own result files (results/zoo/models/<m>/*.json)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from . import STAGES
+from .stages import Outcome
+
+# cause classes (ZOO.md explains them)
+CAUSES = {
+    "unknown-model": "the name is not a timm model with a pretrained config",
+    "config": "the generated config does not validate",
+    "export-failed": "PyTorch -> ONNX (or onnxsim) failed",
+    "parity": "the ONNX differs from PyTorch beyond export.parity_max_rel_l2",
+    "atc-unsupported-op": "ops ATC's ONNX parser does not take (op types and opset named)",
+    "atc-preflight": "other pre-flight errors (opset, dynamic dims, keep_dtype names)",
+    "om-failed": "make om failed",
+    "compare-failed": "make compare failed for a reason other than the gate",
+    "fp16-gate": "the fp16 target misses the accuracy gate (fixed by keep_dtype, or not)",
+    "bench": "make bench failed",
+    "timeout": "a stage passed its time limit and was stopped",
+}
+TOP_OPS = 6
+
+
+def fresh(path: Path, outcome: Outcome) -> dict | None:
+    """A stage's result file if this run wrote it, or make found it up to date (the stage succeeded)."""
+    if not path.is_file() or not (outcome.ok or path.stat().st_mtime >= outcome.started - 1):
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def stage(verdict: str, outcome: Outcome | None = None, cause: str | None = None, message: str = "", **figures) -> dict:
+    return {"verdict": verdict, "cause": cause, "message": message,
+            "seconds": round(outcome.seconds, 2) if outcome else 0.0,
+            "log": str(outcome.log) if outcome else None, **figures}
+
+
+def skipped(why: str) -> dict:
+    return stage("skipped", message=why)
+
+
+def timed_out(outcome: Outcome) -> dict:
+    return stage("timeout", outcome, "timeout", outcome.message)
+
+
+def export(outcome: Outcome, results: Path) -> dict:
+    if outcome.timed_out:
+        return timed_out(outcome)
+    doc = fresh(results / "export.json", outcome)
+    if not outcome.ok:
+        m = re.search(r"relative L2 ([0-9.eE+-]+)", outcome.message)
+        if "differs from PyTorch" in outcome.message:
+            return stage("failed", outcome, "parity", outcome.message, parity_worst_rel_l2=float(m.group(1)) if m else None)
+        return stage("failed", outcome, "export-failed", outcome.message)
+    sim = doc["onnx_simplified"]
+    ops = sorted(sim["op_types"].items(), key=lambda kv: (-kv[1], kv[0]))
+    return stage("passed", outcome, parity_worst_rel_l2=doc["parity"]["worst"], nodes=sim["nodes"],
+                 onnx_mb=round(sim["bytes"] / 2**20, 2), top_op_types=dict(ops[:TOP_OPS]), op_type_count=len(ops),
+                 weights=doc.get("weights", {}).get("kind"), opset=doc.get("opset"))
+
+
+def preflight(outcome: Outcome, results: Path) -> dict:
+    if outcome.timed_out:
+        return timed_out(outcome)
+    doc = fresh(results / "preflight.json", outcome)
+    if doc is None:
+        return stage("failed", outcome, "atc-preflight", outcome.message)
+    findings = [f"{f['level']}: {f['code']}: {f['message']}" for f in doc["findings"]]
+    errors = [f for f in doc["findings"] if f["level"] == "error"]
+    if not errors:
+        return stage("passed", outcome, findings=findings, warnings=doc["warnings"])
+    ops = [f for f in errors if f["code"] in ("unsupported_op", "custom_domain")]
+    cause = "atc-unsupported-op" if ops else "atc-preflight"
+    return stage("failed", outcome, cause, "; ".join(f["message"] for f in (ops or errors)), findings=findings,
+                 warnings=doc["warnings"], unsupported=[f["message"] for f in ops])
+
+
+def compare(outcome: Outcome, results: Path) -> dict:
+    if outcome.timed_out:
+        return timed_out(outcome)
+    doc = fresh(results / "accuracy_eval.json", outcome)
+    if doc is None:
+        return stage("failed", outcome, "compare-failed", outcome.message)
+    outs = [o["summary"] for o in doc["outputs"].values()]
+    figures = {"target": doc["target"]["backend"], "device": doc["target"]["device"],
+               "worst_rel_l2": max(s["worst_rel_l2"] for s in outs), "min_cosine": min(s["min_cosine"] for s in outs),
+               "samples": max(s["samples"] for s in outs)}
+    if doc["verdict"] == "PASSED":
+        return stage("passed", outcome, **figures)
+    return stage("failed", outcome, "fp16-gate", f"{figures['target']} misses the gate: worst rel L2 "
+                 f"{figures['worst_rel_l2']:.2e}, min cosine {figures['min_cosine']:.6f}", **figures)
+
+
+def precision(outcome: Outcome, results: Path) -> dict:
+    if outcome.timed_out:
+        return timed_out(outcome)
+    doc = fresh(results / "precision_report.json", outcome)
+    if doc is None:
+        return stage("failed", outcome, "fp16-gate", f"precision doctor failed: {outcome.message}")
+    fix = doc["fix"]
+    figures = {"keep_dtype": fix["keep"], "keep_nodes": len(fix["keep"]),
+               "fp32_compute_share": fix["fp32_compute_share"], "emulated_passed": fix["passed"],
+               "report": str(results / "precision_report.md")}
+    if fix["passed"]:
+        return stage("passed", outcome, **figures)
+    return stage("failed", outcome, "fp16-gate", "no keep_dtype set within the search budget passes the gate",
+                 **figures)
+
+
+def bench(outcome: Outcome, results: Path) -> dict:
+    if outcome.timed_out:
+        return timed_out(outcome)
+    doc = fresh(results / "performance_eval.json", outcome)
+    if doc is None or not doc.get("results"):
+        return stage("failed", outcome, "bench", outcome.message or "no batch-1 result")
+    r = next((r for r in doc["results"] if r["batch_size"] == 1), doc["results"][0])
+    eager = (r.get("torch_eager") or {}).get("latency_ms", {}).get("median")
+    return stage("passed", outcome, backend=doc["backend"], device=doc["device"], batch_size=r["batch_size"],
+                 ms_per_image=r["latency_ms"]["median"] / r["batch_size"],
+                 eager_ms_per_image=eager / r["batch_size"] if eager else None,
+                 ort_over_eager=r.get("speedup_vs_torch_eager"), runs=doc["method"]["measured_runs"])
+
+
+def outcome_of(stages: dict) -> tuple[str, list[str]]:
+    """adapts as is | adapts with a fix | cannot convert | not run, and the cause classes met."""
+    causes = sorted({s["cause"] for s in stages.values() if s.get("cause")})
+    if "unknown-model" in causes or "config" in causes:
+        return "not run", causes
+    gates = [stages[s]["verdict"] for s in ("export", "preflight", "om", "compare")]
+    if any(v not in ("passed", "fixed") for v in gates):
+        return "cannot convert", causes
+    return ("adapts with a fix" if "fixed" in gates else "adapts as is"), causes
+
+
+def complete(stages: dict) -> bool:
+    return list(stages) == list(STAGES) and all(s.get("verdict") for s in stages.values())
