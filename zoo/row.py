@@ -47,6 +47,14 @@ def timed_out(outcome: Outcome) -> dict:
     return stage("timeout", outcome, "timeout", outcome.message)
 
 
+def result(outcome: Outcome, path: Path, missing_cause: str, missing: str = "") -> tuple[dict | None, dict | None]:
+    """(the stage's result file, None), or (None, the row's record of a timeout or a missing result)."""
+    if outcome.timed_out:
+        return None, timed_out(outcome)
+    doc = fresh(path, outcome)
+    return (doc, None) if doc is not None else (None, stage("failed", outcome, missing_cause, missing or outcome.message))
+
+
 def export(outcome: Outcome, results: Path) -> dict:
     if outcome.timed_out:
         return timed_out(outcome)
@@ -64,11 +72,9 @@ def export(outcome: Outcome, results: Path) -> dict:
 
 
 def preflight(outcome: Outcome, results: Path) -> dict:
-    if outcome.timed_out:
-        return timed_out(outcome)
-    doc = fresh(results / "preflight.json", outcome)
-    if doc is None:
-        return stage("failed", outcome, "atc-preflight", outcome.message)
+    doc, early = result(outcome, results / "preflight.json", "atc-preflight")
+    if early:
+        return early
     findings = [f"{f['level']}: {f['code']}: {f['message']}" for f in doc["findings"]]
     errors = [f for f in doc["findings"] if f["level"] == "error"]
     if not errors:
@@ -80,11 +86,9 @@ def preflight(outcome: Outcome, results: Path) -> dict:
 
 
 def compare(outcome: Outcome, results: Path) -> dict:
-    if outcome.timed_out:
-        return timed_out(outcome)
-    doc = fresh(results / "accuracy_eval.json", outcome)
-    if doc is None:
-        return stage("failed", outcome, "compare-failed", outcome.message)
+    doc, early = result(outcome, results / "accuracy_eval.json", "compare-failed")
+    if early:
+        return early
     outs = [o["summary"] for o in doc["outputs"].values()]
     figures = {"target": doc["target"]["backend"], "device": doc["target"]["device"],
                "worst_rel_l2": max(s["worst_rel_l2"] for s in outs), "min_cosine": min(s["min_cosine"] for s in outs),
@@ -96,11 +100,10 @@ def compare(outcome: Outcome, results: Path) -> dict:
 
 
 def precision(outcome: Outcome, results: Path) -> dict:
-    if outcome.timed_out:
-        return timed_out(outcome)
-    doc = fresh(results / "precision_report.json", outcome)
-    if doc is None:
-        return stage("failed", outcome, "fp16-gate", f"precision doctor failed: {outcome.message}")
+    doc, early = result(outcome, results / "precision_report.json", "fp16-gate",
+                        f"precision doctor failed: {outcome.message}")
+    if early:
+        return early
     fix = doc["fix"]
     figures = {"keep_dtype": fix["keep"], "keep_nodes": len(fix["keep"]),
                "fp32_compute_share": fix["fp32_compute_share"], "emulated_passed": fix["passed"],
@@ -112,11 +115,11 @@ def precision(outcome: Outcome, results: Path) -> dict:
 
 
 def bench(outcome: Outcome, results: Path) -> dict:
-    if outcome.timed_out:
-        return timed_out(outcome)
-    doc = fresh(results / "performance_eval.json", outcome)
-    if doc is None or not doc.get("results"):
-        return stage("failed", outcome, "bench", outcome.message or "no batch-1 result")
+    doc, early = result(outcome, results / "performance_eval.json", "bench")
+    if early:
+        return early
+    if not doc.get("results"):
+        return stage("failed", outcome, "bench", "performance_eval.json has no results")
     r = next((r for r in doc["results"] if r["batch_size"] == 1), doc["results"][0])
     eager = (r.get("torch_eager") or {}).get("latency_ms", {}).get("median")
     return stage("passed", outcome, backend=doc["backend"], device=doc["device"], batch_size=r["batch_size"],
