@@ -158,7 +158,13 @@ def test_committed_zoo_list_covers_the_families():
 
 # --- the fix paths, with the stages replaced by stand-ins that write what the real stages write ---------------
 
-def _fake_run(calls, results_root):
+MIX = {"option": "allow_mix_precision + modify_mixlist black-list ['SoftmaxV2']", "passed": True,
+       "fp32_compute_share": 0.3, "emulated_keep_op_types": ["Softmax"],
+       "atc": {"precision_mode": "allow_mix_precision", "modify_mixlist": {"black-list": {"to-add": ["SoftmaxV2"]}},
+               "keep_dtype": []}}
+
+
+def _fake_run(calls, results_root, doctor):
     from zoo.stages import Outcome
 
     def run(target, model, backend, limit_s, log, env):
@@ -168,7 +174,7 @@ def _fake_run(calls, results_root):
         res = results_root / model
         res.mkdir(parents=True, exist_ok=True)
         calls.append(target + ("+fused_attn_off" if cfg["model"]["fused_attn"] is False else "")
-                     + ("+keep" if cfg["fp16"]["keep_nodes"] else ""))
+                     + ("+keep" if cfg["fp16"]["keep_nodes"] or cfg["fp16"]["keep_op_types"] else ""))
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
         rc, msg = 0, ""
@@ -182,7 +188,7 @@ def _fake_run(calls, results_root):
         elif target == "preflight":
             (res / "preflight.json").write_text(json.dumps({"findings": [], "warnings": 0}))
         elif target == "compare":
-            fixed = bool(cfg["fp16"]["keep_nodes"])
+            fixed = bool(cfg["fp16"]["keep_nodes"] or cfg["fp16"]["keep_op_types"])
             summary = {"worst_rel_l2": 0.004 if fixed else 0.05, "min_cosine": 0.99999 if fixed else 0.998,
                        "samples": 2}
             doc = {"verdict": "PASSED" if fixed else "FAILED", "target": {"backend": "ort-fp16", "device": "cpu"},
@@ -190,8 +196,9 @@ def _fake_run(calls, results_root):
             (res / "accuracy_eval.json").write_text(json.dumps(doc))
             rc = 0 if fixed else 1
         elif target == "precision":
-            doc = {"fix": {"needed": True, "passed": True, "keep": ["/a/Softmax", "/b/Softmax"],
-                           "fp32_compute_share": 0.012}}
+            keep_passes = doctor == "keep_dtype"
+            doc = {"fix": {"needed": True, "passed": keep_passes, "keep": ["/a/Softmax", "/b/Softmax"],
+                           "fp32_compute_share": 0.012}, "options": [] if keep_passes else [MIX]}
             (res / "precision_report.json").write_text(json.dumps(doc))
         elif target == "bench":
             doc = {"backend": "ort-fp16", "device": "cpu", "method": {"measured_runs": 3},
@@ -203,7 +210,8 @@ def _fake_run(calls, results_root):
     return run
 
 
-def test_export_fix_and_keep_dtype_fix_are_proven_by_the_stages_after_them(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("doctor", ["keep_dtype", "mixlist"])
+def test_export_fix_and_fp16_fix_are_proven_by_the_stages_after_them(tmp_path, monkeypatch, capsys, doctor):
     import zoo.__main__ as zm
     from zoo import listing
 
@@ -212,7 +220,7 @@ def test_export_fix_and_keep_dtype_fix_are_proven_by_the_stages_after_them(tmp_p
     lst = tmp_path / "zoo.yaml"
     lst.write_text("models: [vit_tiny_patch16_224.augreg_in21k_ft_in1k]\n")
     calls = []
-    monkeypatch.setattr(zm, "run", _fake_run(calls, tmp_path / "results" / "zoo" / "models"))
+    monkeypatch.setattr(zm, "run", _fake_run(calls, tmp_path / "results" / "zoo" / "models", doctor))
     assert zm.main(["--list", str(lst)]) == 0
     assert calls == ["export", "export+fused_attn_off", "preflight+fused_attn_off", "om+fused_attn_off",
                      "compare+fused_attn_off", "precision+fused_attn_off", "om+fused_attn_off+keep",
@@ -224,9 +232,14 @@ def test_export_fix_and_keep_dtype_fix_are_proven_by_the_stages_after_them(tmp_p
     assert st["export"]["verdict"] == "fixed" and st["export"]["fix"]["config"] == {"model": {"fused_attn": False}}
     assert st["compare"]["verdict"] == "fixed" and st["compare"]["worst_rel_l2"] == 0.05   # the figure before
     assert st["precision"]["proof"]["verdict"] == "passed" and st["precision"]["proof"]["worst_rel_l2"] == 0.004
-    assert st["precision"]["keep_nodes"] == 2 and st["precision"]["fp32_compute_share"] == 0.012
     cfg = yaml.safe_load((listing.zoo_config_dir() / "vit_tiny_patch16_224_augreg_in21k_ft_in1k.yaml").read_text())
-    assert cfg["atc"]["keep_dtype"] == ["/a/Softmax", "/b/Softmax"] == cfg["fp16"]["keep_nodes"]
+    if doctor == "keep_dtype":
+        assert st["precision"]["keep_nodes"] == 2 and st["precision"]["fp32_compute_share"] == 0.012
+        assert cfg["atc"]["keep_dtype"] == ["/a/Softmax", "/b/Softmax"] == cfg["fp16"]["keep_nodes"]
+    else:      # the keep_dtype search failed; the doctor's mixed-precision option passed its emulation
+        assert st["precision"]["what"] == MIX["option"] and st["precision"]["fp32_compute_share"] == 0.3
+        assert cfg["atc"]["precision_mode"] == "allow_mix_precision" and cfg["fp16"]["keep_op_types"] == ["Softmax"]
+        assert cfg["atc"]["modify_mixlist"] == {"black-list": {"to-add": ["SoftmaxV2"]}}
     md = (tmp_path / "results" / "zoo" / "ZOO.md").read_text()
     assert "adapts with a fix" in md and "fused_attn: false" in md
     assert "PASSED | zoo vit_tiny_patch16_224_augreg_in21k_ft_in1k: adapts with a fix" in capsys.readouterr().out

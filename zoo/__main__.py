@@ -106,17 +106,17 @@ class Sweep:
         return fixed
 
     def prove_fix(self, cfg: dict, name: str, limits: dict, res: Path, st: dict) -> None:
-        """The doctor's keep_dtype list goes into the config; make om + make compare must then pass the gate."""
-        keep = st["precision"]["keep_dtype"]
-        listing.write_config(listing.with_fix(cfg, keep))
+        """The doctor's fix goes into the config; make om + make compare must then pass the gate."""
+        fix = st["precision"]
+        listing.write_config(listing.merge(cfg, fix["config"]))
         o = self.stage("om", name, limits, "+keep_dtype")
         after = R.compare(self.stage("compare", name, limits, "+keep_dtype"), res) if o.ok else \
             R.stage("failed", o, "om-failed", o.message)
         st["precision"]["proof"] = {k: after.get(k) for k in ("verdict", "worst_rel_l2", "min_cosine", "message")}
         st["precision"]["seconds"] += after["seconds"] + round(o.seconds, 2)
         if after["verdict"] == "passed":
-            st["compare"].update(verdict="fixed", message=f"{st['compare']['message']}; fixed by keep_dtype of "
-                                 f"{len(keep)} node(s), make compare passes: worst rel L2 {after['worst_rel_l2']:.2e}")
+            st["compare"].update(verdict="fixed", message=f"{st['compare']['message']}; fixed by {fix['what']}, "
+                                 f"make compare passes: worst rel L2 {after['worst_rel_l2']:.2e}")
         else:
             st["precision"].update(verdict="failed", message="the emulated fix did not pass make compare: "
                                    + (after["message"] or after["verdict"]))

@@ -113,11 +113,6 @@ def export_fix(message: str) -> tuple[dict, str] | None:
     return next(((patch, what) for rx, patch, what in EXPORT_FIXES if rx.search(message)), None)
 
 
-def with_fix(cfg: dict, keep: list[str]) -> dict:
-    """The config with the precision doctor's keep_dtype list: ATC keeps them in fp32, and so does the emulation."""
-    return merge(cfg, {"atc": {"keep_dtype": keep}, "fp16": {"keep_nodes": keep}})
-
-
 def write_config(cfg: dict) -> Path:
     """build/zoo/configs/<name>.yaml, rewritten only when its text changes (make's stamps go by mtime)."""
     path = zoo_config_dir() / f"{cfg['name']}.yaml"

@@ -100,18 +100,29 @@ def compare(outcome: Outcome, results: Path) -> dict:
 
 
 def precision(outcome: Outcome, results: Path) -> dict:
+    """The doctor's fix: its keep_dtype list, else its mixed-precision option (black-listed op types), whichever
+    passed its emulation; the config keys that apply it come with it."""
     doc, early = result(outcome, results / "precision_report.json", "fp16-gate",
                         f"precision doctor failed: {outcome.message}")
     if early:
         return early
-    fix = doc["fix"]
-    figures = {"keep_dtype": fix["keep"], "keep_nodes": len(fix["keep"]),
-               "fp32_compute_share": fix["fp32_compute_share"], "emulated_passed": fix["passed"],
-               "report": str(results / "precision_report.md")}
+    fix, keep = doc["fix"], doc["fix"]["keep"]
+    mix = next((o for o in doc["options"] if "atc" in o and o["passed"]), None) if not fix["passed"] else None
     if fix["passed"]:
-        return stage("passed", outcome, **figures)
-    return stage("failed", outcome, "fp16-gate", "no keep_dtype set within the search budget passes the gate",
-                 **figures)
+        chosen = {"what": f"keep_dtype of {len(keep)} node(s)", "keep_nodes": len(keep),
+                  "fp32_compute_share": fix["fp32_compute_share"],
+                  "config": {"atc": {"keep_dtype": keep}, "fp16": {"keep_nodes": keep}}}
+    elif mix:
+        a = mix["atc"]
+        chosen = {"what": mix["option"], "keep_nodes": len(a["keep_dtype"]),
+                  "fp32_compute_share": mix["fp32_compute_share"],
+                  "config": {"atc": a, "fp16": {"keep_op_types": mix["emulated_keep_op_types"],
+                                                "keep_nodes": a["keep_dtype"]}}}
+    else:
+        return stage("failed", outcome, "fp16-gate", "neither a keep_dtype list nor mixed precision within the "
+                     "search budget passes the gate", keep_nodes=len(keep), fp32_compute_share=fix["fp32_compute_share"],
+                     report=str(results / "precision_report.md"))
+    return stage("passed", outcome, **chosen, report=str(results / "precision_report.md"))
 
 
 def bench(outcome: Outcome, results: Path) -> dict:

@@ -73,8 +73,9 @@ def table_lines(zoo: dict, prefix: str = "") -> list[str]:
         pre = stage_cell(pf) if pf["verdict"] != "failed" else f"{pf['cause']}"
         fixes = [f"export: {ex['fix']['what']}: {stage_cell(ex)}"] if ex.get("fix") else []
         if pr.get("keep_nodes") is not None:
-            fixes.append(f"keep_dtype {num(pr['keep_nodes'], 'd', f'{p}/precision/keep_nodes', prefix)} node(s), "
-                         f"{num(100 * pr['fp32_compute_share'], '.2f', f'{p}/precision/fp32_compute_share', prefix)}"
+            what = pr["what"].split(" + keep_dtype")[0] if pr.get("what") else "keep_dtype search"
+            fixes.append(f"{what}; keep_dtype {num(pr['keep_nodes'], 'd', f'{p}/precision/keep_nodes', prefix)} "
+                         f"node(s), {num(100 * pr['fp32_compute_share'], '.2f', f'{p}/precision/fp32_compute_share', prefix)}"
                          f"% of compute in fp32: {stage_cell(cp)}")
         fix = "; ".join(fixes) or "-"
         outcome = r["outcome"] + (f" ({', '.join(r['causes'])})" if r["causes"] else "")
