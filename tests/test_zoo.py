@@ -20,10 +20,12 @@ defaults:
   bench: {batch_sizes: [1], warmup: 1, runs: 3}
 models:
   - test_resnet.r160_in1k
+  - test_vit.r160_in1k
   - {architecture: test_efficientnet.r160_in1k, timeout_s: {export: 0.5}}
   - not_a_model.foo
 """
-RESNET, EFFNET, UNKNOWN = "test_resnet_r160_in1k", "test_efficientnet_r160_in1k", "not_a_model_foo"
+RESNET, VIT, EFFNET, UNKNOWN = ("test_resnet_r160_in1k", "test_vit_r160_in1k", "test_efficientnet_r160_in1k",
+                                "not_a_model_foo")
 
 
 def make(args, env):
@@ -69,7 +71,8 @@ def test_every_model_reaches_a_verdict(sweep):
     first = sweep["first"]
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
     rows = sweep["rows"]
-    assert set(rows) == {RESNET, EFFNET, UNKNOWN}
+    assert set(rows) == {RESNET, VIT, EFFNET, UNKNOWN}
+    assert rows[VIT]["outcome"] == "adapts as is" and rows[VIT]["stages"]["export"]["top_op_types"]["Gemm"] > 5
     for r in rows.values():
         assert list(r["stages"]) == ["export", "preflight", "om", "compare", "precision", "bench"]
         assert all(s["verdict"] for s in r["stages"].values())
@@ -115,7 +118,7 @@ def test_table_numbers_link_to_their_json_fields(sweep):
         assert got == pytest.approx(value, rel=0.06, abs=0.5 if digits == 0 else 1e-12), pointer
     assert "`not_a_model.foo` | export | failed | unknown-model" in md
     assert (d / "zoo.png").read_bytes()[:4] == b"\x89PNG"
-    assert zoo["totals"]["outcomes"] == {"adapts as is": 1, "adapts with a fix": 0, "cannot convert": 1, "not run": 1}
+    assert zoo["totals"]["outcomes"] == {"adapts as is": 2, "adapts with a fix": 0, "cannot convert": 1, "not run": 1}
     assert zoo["stage"] == "zoo" and zoo["list"]["sha256"] and "none of these figures is an NPU figure" in zoo["disclaimer"]
 
 
