@@ -62,9 +62,27 @@ def to_fp16(model, keep_op_types=(), keep_nodes=()):
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_op_types))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the converter warns once per truncated constant
-        return float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
-                                                node_block_list=list(keep_nodes),
-                                                min_positive_val=FP16_MIN_SUBNORMAL, max_finite_val=FP16_MAX)
+        m16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
+                                               node_block_list=list(keep_nodes),
+                                               min_positive_val=FP16_MIN_SUBNORMAL, max_finite_val=FP16_MAX)
+    retarget_casts(m16)
+    return m16
+
+
+def retarget_casts(model) -> int:
+    """A Cast to float32 inside the graph (e.g. shape arithmetic: int64 -> float, BEiT's attention scale) gets an
+    fp16 output type from the converter but keeps `to=FLOAT`, and onnxruntime refuses the model; cast to fp16."""
+    from onnx import TensorProto
+
+    fp16 = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT16}
+    count = 0
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.output[0] in fp16:
+            for a in node.attribute:
+                if a.name == "to" and a.i == TensorProto.FLOAT:
+                    a.i = TensorProto.FLOAT16
+                    count += 1
+    return count
 
 
 def convert_fp16(src: Path, dst: Path, keep_op_types: list[str], keep_nodes: list[str] = ()) -> dict:

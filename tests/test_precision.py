@@ -180,3 +180,28 @@ def test_mixlist_with_the_real_mapping():
         assert mix["usable"] and set(expected) <= set(mix["atc"]["modify_mixlist"]["black-list"]["to-add"])
     else:
         assert not mix["usable"] and mix["unmapped_onnx_types"] == ["Softmax"]
+
+
+def test_fp16_target_casts_shape_arithmetic_to_fp16():
+    """x / sqrt(float(shape[-1])): the int64 -> float Cast must become an fp16 Cast in the fp16 target (as the
+    converter types its output), or onnxruntime cannot load the model (BEiT's attention scale)."""
+    import onnxruntime as ort
+
+    from convert.fp16 import to_fp16
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Slice", ["s", "start", "end"], ["d"], name="slice"),
+             helper.make_node("Cast", ["d"], ["df"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("Sqrt", ["df"], ["r"], name="sqrt"),
+             helper.make_node("Div", ["x", "r"], ["y"], name="div")]
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "start"),
+             numpy_helper.from_array(np.array([2**62], np.int64), "end")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m16 = to_fp16(model)
+    cast = next(n for n in m16.graph.node if n.name == "cast")
+    assert next(a.i for a in cast.attribute if a.name == "to") == TensorProto.FLOAT16
+    x = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
+    sess = ort.InferenceSession(m16.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x / 4.0, rtol=1e-3)
