@@ -18,6 +18,7 @@ ENV       ?= full
 ENGINE    ?= local
 WORKERS   ?=
 FAIL_ON_BAD ?=
+PRECISION_SAMPLES ?= 2
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 B         := $(or $(PIPELINE_BUILD_DIR),build)
@@ -70,7 +71,7 @@ help:
 	@echo "Variables: MODEL=<one or more of: $(CONFIGS)> (default: $(DEFAULTS))"
 	@echo "           BACKEND=<$(BACKENDS)> (make doctor says what auto does on this machine)"
 	@echo "           WEIGHTS=<file or folder> INPUT=<file or folder> DEVICE=<npu id> SOC=<soc_version>"
-	@echo "           COUNT=<inputs for make dataset, default 1000>"
+	@echo "           COUNT=<inputs for make dataset, default 1000> PRECISION_SAMPLES=<saved inputs make precision uses, default 2>"
 	@echo "           ENV=<full|host> (host: no torch, for an Ascend host)"
 	@echo "           ENGINE=<local|ray> WORKERS=<actors> RAY_ADDRESS=<head:port> FAIL_ON_BAD=1 (infer, compare, dataset)"
 	@echo "           ZOO=<timm names or zoo entries> ZOO_LIST=<yaml, default configs/zoo.yaml> (make zoo)"
@@ -151,7 +152,7 @@ report: | $(ENV_STAMP)
 	$(PY) -m report --model $(MODEL) $(if $(PUBLISH),--publish,)
 
 precision: $(foreach m,$(MODEL),$(B)/$(m)/model.sim.onnx) | $(ENV_STAMP)
-	@rc=0; for m in $(MODEL); do $(PY) -m precision --model $$m || rc=1; done; exit $$rc
+	@rc=0; for m in $(MODEL); do $(PY) -m precision --model $$m --max-samples $(PRECISION_SAMPLES) || rc=1; done; exit $$rc
 
 preflight: $(foreach m,$(MODEL),$(B)/$(m)/model.sim.onnx) | $(ENV_STAMP)
 	@rc=0; for m in $(MODEL); do $(PY) -m convert.preflight --model $$m || rc=1; done; exit $$rc

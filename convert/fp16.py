@@ -66,7 +66,65 @@ def to_fp16(model, keep_op_types=(), keep_nodes=()):
                                                node_block_list=list(keep_nodes),
                                                min_positive_val=FP16_MIN_SUBNORMAL, max_finite_val=FP16_MAX)
     retarget_casts(m16)
+    drop_round_trips(m16)
+    fp32_outputs(m16)
     return m16
+
+
+def fp32_outputs(model) -> int:
+    """A graph output whose node is kept in fp32 comes out of the converter cast to fp16 (despite keep_io_types);
+    the kept node writes the output in fp32 itself."""
+    from onnx import TensorProto
+
+    count = 0
+    for out in model.graph.output:
+        cast = next((n for n in model.graph.node if out.name in n.output), None)
+        if out.type.tensor_type.elem_type != TensorProto.FLOAT16 or cast is None or cast.op_type != "Cast" \
+                or not _inserted_fp16(cast.name):
+            continue
+        src = cast.input[0]
+        for n in model.graph.node:
+            n.output[:] = [out.name if o == src else o for o in n.output]
+            n.input[:] = [out.name if i == src else i for i in n.input]
+        model.graph.node.remove(cast)
+        out.type.tensor_type.elem_type = TensorProto.FLOAT
+        count += 1
+    return count
+
+
+def _inserted_fp16(name: str) -> bool:
+    """A Cast to fp16 the converter inserted: after a node kept in fp32, or at a graph input (keep_io_types)."""
+    return "_output_cast" in name or name.startswith("graph_input_cast")
+
+
+def drop_round_trips(model) -> int:
+    """Between two nodes kept in fp32 the converter stores the tensor in fp16 (Cast to fp16, then back to fp32);
+    ATC passes it on in fp32. Consumers of such a pair read the fp32 tensor directly; unused casts go."""
+    from onnx import TensorProto
+
+    def to(node):
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    graph_outputs = {o.name for o in model.graph.output}
+    direct = {}
+    for n in model.graph.node:
+        src = producer.get(n.input[0]) if n.op_type == "Cast" else None
+        if (src is not None and src.op_type == "Cast" and to(n) == TensorProto.FLOAT
+                and to(src) == TensorProto.FLOAT16 and "_input_cast" in n.name and _inserted_fp16(src.name)
+                and n.output[0] not in graph_outputs):
+            direct[n.output[0]] = src.input[0]
+    if not direct:
+        return 0
+    for n in model.graph.node:
+        n.input[:] = [direct.get(i, i) for i in n.input]
+    read = {i for n in model.graph.node if n.output[0] not in direct for i in n.input} | graph_outputs
+    keep = [n for n in model.graph.node
+            if not (n.op_type == "Cast" and (n.output[0] in direct or
+                                             (_inserted_fp16(n.name) and n.output[0] not in read)))]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return len(direct)
 
 
 def retarget_casts(model) -> int:

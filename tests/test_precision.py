@@ -205,3 +205,30 @@ def test_fp16_target_casts_shape_arithmetic_to_fp16():
     x = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
     sess = ort.InferenceSession(m16.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], x / 4.0, rtol=1e-3)
+
+
+def test_fp16_target_keeps_tensors_between_kept_nodes_in_fp32():
+    """Nodes kept in fp32 pass fp32 tensors to each other, and to a graph output, as ATC's keep_dtype does: a chain
+    of kept nodes gives the fp32 result to the bit; the converter alone rounded every tensor between them to fp16."""
+    import onnxruntime as ort
+
+    from convert.fp16 import to_fp16
+
+    w = numpy_helper.from_array(np.full((8, 8), 1.0 / 3.0, np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="mm1"),
+             helper.make_node("Add", ["a", "x"], ["b"], name="add"),
+             helper.make_node("MatMul", ["b", "w"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(1).normal(size=(4, 8)).astype(np.float32) * 1.001
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    ref = run(model)
+    all_kept = to_fp16(model, keep_nodes=["mm1", "add", "mm2"])
+    assert [n.op_type for n in all_kept.graph.node] == ["MatMul", "Add", "MatMul"]
+    assert all_kept.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    np.testing.assert_array_equal(run(all_kept), ref)
+    middle = to_fp16(model, keep_nodes=["mm1", "mm2"])          # add in fp16: casts to fp16 and back around it
+    casts = [n for n in middle.graph.node if n.op_type == "Cast"]
+    assert len(casts) >= 3 and run(middle).dtype == np.float32
+    assert {next(a.i for a in n.attribute if a.name == "to") for n in casts} == {TensorProto.FLOAT, TensorProto.FLOAT16}

@@ -24,6 +24,7 @@ class Sweep:
         self.logs = ModelPaths("zoo").logs / "models"        # logs/zoo/models
         self.env = child_env(self.models_results, self.logs)
         self.code = listing.code_digest()
+        self.samples = 2
 
     def row_file(self, name: str) -> Path:
         return self.out / "rows" / f"{name}.json"
@@ -37,7 +38,8 @@ class Sweep:
         return old if old.get("inputs_sha256") == inputs and R.complete(old["stages"]) and not timeouts else None
 
     def stage(self, target: str, name: str, limits: dict, suffix: str = ""):
-        o = run(target, name, self.backend, limits[target], self.logs / name / f"{target}{suffix}.log", self.env)
+        o = run(target, name, self.backend, limits[target], self.logs / name / f"{target}{suffix}.log",
+                {**self.env, "PRECISION_SAMPLES": str(self.samples)})
         state = "passed" if o.ok else "timeout" if o.timed_out else "failed"
         print(f"zoo | {name}: make {target}{suffix} {state} ({o.seconds:.1f} s){': ' + o.message if o.message else ''}",
               flush=True)
@@ -60,7 +62,7 @@ class Sweep:
             return old
         listing.write_config(cfg)
         try:
-            load_config(name)
+            self.samples = load_config(name)["infer"]["samples"]     # the doctor sees every input compare saw
         except ConfigError as exc:
             print(f"ERROR | zoo {name}: {one_line(str(exc))}", flush=True)
             return self.finish(e, inputs, {s: (R.stage("failed", None, "config", one_line(str(exc))) if s == "export"
