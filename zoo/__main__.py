@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline import provenance
 from pipeline.atomic import write_json
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, cli
@@ -127,7 +128,7 @@ class Sweep:
         outcome, causes = R.outcome_of(st)
         row = {"name": e["name"], "architecture": e["architecture"], "timm_module": timm_module(e["architecture"]),
                "config": str(listing.zoo_config_dir() / f"{e['name']}.yaml"), "inputs_sha256": inputs,
-               "outcome": outcome, "causes": causes, "stages": st,
+               "git": provenance.git_revision(), "outcome": outcome, "causes": causes, "stages": st,
                "seconds": round(time.perf_counter() - t0, 2)}
         write_json(self.row_file(e["name"]), row)
         label = "PASSED" if outcome.startswith("adapts") else "FAILED"
