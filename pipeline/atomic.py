@@ -29,6 +29,17 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+def remove_orphans(folder: Path) -> int:
+    """Delete the temp files of writers killed before their rename (SIGKILL skips the cleanup above): a resumed
+    run must not carry them into its results. Returns how many there were."""
+    count = 0
+    for p in Path(folder).rglob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            count += 1
+    return count
+
+
 def write_text(path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -20,7 +20,7 @@ from pathlib import Path
 from convert.targets import load_target, open_runner
 from models.contract import DURATION_KEY
 from pipeline import backends, provenance
-from pipeline.atomic import _default, atomic_path, write_json
+from pipeline.atomic import _default, atomic_path, remove_orphans, write_json
 from pipeline.config import load_config, load_family
 from pipeline.errors import ConfigError, InputError, PipelineError, cli
 from pipeline.log import StageLog
@@ -174,6 +174,8 @@ def main(argv=None) -> int:
     if not done:
         for sub in ("inputs", "outputs"):
             shutil.rmtree(work / sub, ignore_errors=True)
+    elif remove_orphans(work):
+        log(f"infer | notice | removed the half-written files of the killed run in {work}")
     blocks = plan_blocks(len(sources), batch_size)
     todo = [b for b in range(len(blocks)) if b not in done]
     if done:

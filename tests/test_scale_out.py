@@ -87,9 +87,14 @@ def test_killed_driver_resumes_with_identical_outputs(exported, local_run, tmp_p
     proc.wait()
     killed_at = journal_blocks(root)
     assert 8 <= killed_at < 24, killed_at
+    # a kill in the middle of a write leaves the writer's temp file (what `make dataset` once carried into build/)
+    work = root / "build" / SED / "infer-work" / "ort-cpu"
+    (work / "inputs" / ".00023_000.x.npy.k1ll3d.tmp").write_bytes(b"half")
     p = stage(["run.infer", "--model", SED, "--backend", "ort-cpu", "--input", str(exported / "clips")], env)
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"resuming: {killed_at} of 24 block(s)" in p.stdout + p.stderr
+    assert "removed the half-written files of the killed run" in p.stdout + p.stderr
+    assert not list((root / "build" / SED).rglob("*.tmp"))
     doc = json.loads((root / "results" / SED / "inference_result.json").read_text())
     assert doc["timing"]["resumed_blocks"] == killed_at and doc["sources_ok"] == 24
     assert arrays(root) == arrays(local_run)                   # byte-identical to the uninterrupted run
