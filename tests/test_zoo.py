@@ -24,8 +24,8 @@ models:
   - {architecture: test_efficientnet.r160_in1k, timeout_s: {export: 0.5}}
   - not_a_model.foo
 """
-RESNET, VIT, EFFNET, UNKNOWN = ("test_resnet_r160_in1k", "test_vit_r160_in1k", "test_efficientnet_r160_in1k",
-                                "not_a_model_foo")
+RESNET, VIT, EFFNET, UNKNOWN = ("zoo_test_resnet_r160_in1k", "zoo_test_vit_r160_in1k",
+                                "zoo_test_efficientnet_r160_in1k", "zoo_not_a_model_foo")
 
 
 def make(args, env):
@@ -99,7 +99,7 @@ def test_every_model_reaches_a_verdict(sweep):
     bad = rows[UNKNOWN]
     assert bad["outcome"] == "not run" and bad["causes"] == ["unknown-model"]
     assert "is not a timm model" in bad["stages"]["export"]["message"]
-    lines = [ln for ln in first.stdout.splitlines() if ln.startswith("ERROR | zoo not_a_model_foo")]
+    lines = [ln for ln in first.stdout.splitlines() if ln.startswith("ERROR | zoo zoo_not_a_model_foo")]
     assert len(lines) == 1
 
 
@@ -153,6 +153,8 @@ def test_committed_zoo_list_covers_the_families():
     doc = listing.load_list(ROOT / "configs" / "zoo.yaml")
     archs = [e["architecture"] for e in doc["models"]]
     assert len(archs) >= 30 and len(set(archs)) == len(archs)
+    from pipeline.config import available_models        # a swept model never runs a committed config instead
+    assert "efficientnet_b0.ra_in1k" in archs and not {e["name"] for e in doc["models"]} & set(available_models())
     prefixes = {"resnet", "regnet", "efficientnet", "mobilenetv3", "ghostnet", "repvgg", "convnext", "densenet",
                 "vit", "deit", "swin", "beit", "eva", "maxvit", "coatnet", "efficientformer", "mobilevit",
                 "poolformer", "levit"}
@@ -228,14 +230,14 @@ def test_export_fix_and_fp16_fix_are_proven_by_the_stages_after_them(tmp_path, m
     assert calls == ["export", "export+fused_attn_off", "preflight+fused_attn_off", "om+fused_attn_off",
                      "compare+fused_attn_off", "precision+fused_attn_off", "om+fused_attn_off+keep",
                      "compare+fused_attn_off+keep", "bench+fused_attn_off+keep"]
-    row = json.loads((tmp_path / "results" / "zoo" / "rows" / "vit_tiny_patch16_224_augreg_in21k_ft_in1k.json")
+    row = json.loads((tmp_path / "results" / "zoo" / "rows" / "zoo_vit_tiny_patch16_224_augreg_in21k_ft_in1k.json")
                      .read_text())
     st = row["stages"]
     assert row["outcome"] == "adapts with a fix" and row["causes"] == ["export-failed", "fp16-gate"]
     assert st["export"]["verdict"] == "fixed" and st["export"]["fix"]["config"] == {"model": {"fused_attn": False}}
     assert st["compare"]["verdict"] == "fixed" and st["compare"]["worst_rel_l2"] == 0.05   # the figure before
     assert st["precision"]["proof"]["verdict"] == "passed" and st["precision"]["proof"]["worst_rel_l2"] == 0.004
-    cfg = yaml.safe_load((listing.zoo_config_dir() / "vit_tiny_patch16_224_augreg_in21k_ft_in1k.yaml").read_text())
+    cfg = yaml.safe_load((listing.zoo_config_dir() / "zoo_vit_tiny_patch16_224_augreg_in21k_ft_in1k.yaml").read_text())
     if doctor == "keep_dtype":
         assert st["precision"]["keep_nodes"] == 2 and st["precision"]["fp32_compute_share"] == 0.012
         assert cfg["atc"]["keep_dtype"] == ["/a/Softmax", "/b/Softmax"] == cfg["fp16"]["keep_nodes"]
@@ -245,7 +247,7 @@ def test_export_fix_and_fp16_fix_are_proven_by_the_stages_after_them(tmp_path, m
         assert cfg["atc"]["modify_mixlist"] == {"black-list": {"to-add": ["SoftmaxV2"]}}
     md = (tmp_path / "results" / "zoo" / "ZOO.md").read_text()
     assert "adapts with a fix" in md and "fused_attn: false" in md
-    assert "PASSED | zoo vit_tiny_patch16_224_augreg_in21k_ft_in1k: adapts with a fix" in capsys.readouterr().out
+    assert "PASSED | zoo zoo_vit_tiny_patch16_224_augreg_in21k_ft_in1k: adapts with a fix" in capsys.readouterr().out
 
 
 def test_bad_list_is_one_line(tmp_path):

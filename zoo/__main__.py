@@ -124,6 +124,12 @@ class Sweep:
             st["precision"].update(verdict="failed", message="the emulated fix did not pass make compare: "
                                    + (after["message"] or after["verdict"]))
 
+    def crashed(self, e: dict, exc: Exception) -> dict:
+        msg = one_line(f"{type(exc).__name__}: {exc}")
+        print(f"ERROR | zoo {e['name']}: the sweep failed on this model: {msg}", flush=True)
+        return self.finish(e, None, {s: R.stage("failed", None, "zoo-error", msg) if s == "export"
+                                     else R.skipped("zoo-error") for s in STAGES}, time.perf_counter())
+
     def finish(self, e: dict, inputs: str | None, st: dict, t0: float) -> dict:
         outcome, causes = R.outcome_of(st)
         row = {"name": e["name"], "architecture": e["architecture"], "timm_module": timm_module(e["architecture"]),
@@ -160,7 +166,10 @@ def main(argv=None) -> int:
     try:
         for i, e in enumerate(entries, 1):
             print(f"zoo | [{i}/{len(entries)}] {e['name']}", flush=True)
-            rows.append(sweep.model(e, force=bool(args.only)))
+            try:
+                rows.append(sweep.model(e, force=bool(args.only)))
+            except (OSError, ValueError, KeyError, TypeError) as exc:     # a model never stops the sweep
+                rows.append(sweep.crashed(e, exc))
     except KeyboardInterrupt:
         print(f"ERROR | zoo interrupted: {len(rows)} of {len(entries)} row(s) written, none half-written; run the "
               "same make zoo again to complete the sweep", file=sys.stderr)

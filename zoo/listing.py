@@ -41,7 +41,9 @@ CODE = ("Makefile", "requirements*.txt", "pipeline/*.py", "export/*.py", "conver
 
 
 def model_name(architecture: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", architecture)
+    """zoo_<architecture>: the prefix keeps a swept model apart from a committed config of the same timm name
+    (configs/more/efficientnet_b0_ra_in1k): its own config, build folder and results."""
+    return "zoo_" + re.sub(r"[^A-Za-z0-9_]", "_", architecture)
 
 
 def load_list(path: Path) -> dict:

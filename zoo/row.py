@@ -22,6 +22,7 @@ CAUSES = {
     "fp16-gate": "the fp16 target misses the accuracy gate (fixed by keep_dtype, or not)",
     "bench": "make bench failed",
     "timeout": "a stage passed its time limit and was stopped",
+    "zoo-error": "the sweep itself failed on this model (its message is in the row)",
 }
 TOP_OPS = 6
 
@@ -64,6 +65,8 @@ def export(outcome: Outcome, results: Path) -> dict:
         if "differs from PyTorch" in outcome.message:
             return stage("failed", outcome, "parity", outcome.message, parity_worst_rel_l2=float(m.group(1)) if m else None)
         return stage("failed", outcome, "export-failed", outcome.message)
+    if doc is None:
+        return stage("failed", outcome, "export-failed", f"make export wrote no {results / 'export.json'}")
     sim = doc["onnx_simplified"]
     ops = sorted(sim["op_types"].items(), key=lambda kv: (-kv[1], kv[0]))
     return stage("passed", outcome, parity_worst_rel_l2=doc["parity"]["worst"], nodes=sim["nodes"],
