@@ -40,6 +40,15 @@ def remove_orphans(folder: Path) -> int:
     return count
 
 
+def write_text_if_changed(path, text: str) -> bool:
+    """write_text, but only when the file's text differs: its mtime (make's stamp) moves only on a change."""
+    path = Path(path)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    write_text(path, text)
+    return True
+
+
 def write_text(path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

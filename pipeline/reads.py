@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .atomic import write_text
+from .atomic import write_text_if_changed
 from .paths import ModelPaths
 
 
@@ -43,8 +43,7 @@ class Reads:
             return
         old = read_keys(self.path) or []
         text = keys_text(self.stage, set(old) | paths, entries(self.root, paths))
-        if not self.path.exists() or self.path.read_text(encoding="utf-8") != text:
-            write_text(self.path, text)
+        write_text_if_changed(self.path, text)
         self.saved = paths
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .atomic import atomic_path, write_text
+from .atomic import atomic_path, write_text, write_text_if_changed
 from .config import load_config
 from .reads import ABSENT, entries, json_lines, keys_file, lookup, read_keys, read_last_run
 from .errors import cli
@@ -120,8 +120,7 @@ def main(argv=None) -> int:
         return 0
     text = "\n".join(lines) + "\n"
     out = paths.build / f"{args.kind}.stamp"
-    if not out.exists() or out.read_text() != text:
-        write_text(out, text)
+    write_text_if_changed(out, text)
     return 0
 
 

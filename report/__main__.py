@@ -126,9 +126,9 @@ def zoo_section() -> list[str]:
     path = ModelPaths("zoo").results / "zoo.json"
     if not path.is_file():
         return []
-    text = markdown(json.loads(path.read_text()), prefix="zoo/")
+    text = markdown(json.loads(path.read_text()), prefix="zoo/", title=False)
     return ["", "## Zoo sweep", "", "From `make zoo`; the whole table with its notes: [zoo/ZOO.md](zoo/ZOO.md).", "",
-            *text.split("\n", 2)[2].splitlines()]
+            *text.splitlines()]
 
 
 def publish(cfg, paths, docs) -> Path:

@@ -91,9 +91,9 @@ def table_lines(zoo: dict, prefix: str = "") -> list[str]:
     return lines
 
 
-def markdown(zoo: dict, prefix: str = "") -> str:
+def markdown(zoo: dict, prefix: str = "", title: bool = True) -> str:
     t = zoo["totals"]
-    lines = ["# Zoo sweep", "", f"> {zoo['disclaimer']}", "",
+    lines = [*(["# Zoo sweep", ""] if title else []), f"> {zoo['disclaimer']}", "",
              f"{t['models']} models from {t['timm_modules']} timm modules, list `{zoo['list']['path']}`, git "
              f"{zoo['git']}, backend `{zoo['backend']}`. Outcome totals: "
              + ", ".join(f"{link(str(v), f'/totals/outcomes/{k}', prefix)} {k}" for k, v in t["outcomes"].items())
