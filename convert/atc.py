@@ -76,11 +76,6 @@ def cann_key(cann_version: str | None) -> tuple | None:
     return int(m.group(1)), int(m.group(2)), int(final), int(m.group(3) if final else m.group(4))
 
 
-def cann_major(cann_version: str | None) -> int | None:
-    key = cann_key(cann_version)
-    return key[0] if key else None
-
-
 def supports_v2(cann_version: str | None) -> bool:
     """--precision_mode_v2 exists from CANN 6.3.RC2 on; an unknown version counts as without it."""
     key = cann_key(cann_version)

@@ -14,13 +14,23 @@ def _dir(env: str, default: Path) -> Path:
     return Path(value).resolve() if value else default
 
 
+def build_root() -> Path:
+    return _dir("PIPELINE_BUILD_DIR", ROOT / "build")
+
+
+def generated_config_dir() -> Path:
+    """<build>/configs/: model configs a tool generated (never committed); looked up after configs/ and
+    configs/more/ (pipeline.config.config_path), run by name like the others."""
+    return build_root() / "configs"
+
+
 @dataclass(frozen=True)
 class ModelPaths:
     model: str
 
     @property
     def build(self) -> Path:  # large artifacts, git-ignored
-        return _dir("PIPELINE_BUILD_DIR", ROOT / "build") / self.model
+        return build_root() / self.model
 
     @property
     def results(self) -> Path:  # JSON evidence
@@ -45,16 +55,8 @@ class ModelPaths:
         return self.build / "model.fp16.onnx"
 
     @property
-    def om_dir(self) -> Path:
-        return self.build / "om"
-
-    @property
     def atc_script(self) -> Path:
         return self.build / "atc.sh"
-
-    @property
-    def target(self) -> Path:  # what `make om` built: backend + files
-        return self.build / "target.json"
 
     # infer / compare stages
     @property
@@ -63,7 +65,3 @@ class ModelPaths:
 
     def outputs(self, backend: str) -> Path:  # raw outputs per backend
         return self.build / "outputs" / backend
-
-    @property
-    def reference(self) -> Path:
-        return self.outputs("ort-cpu")

@@ -5,23 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_path
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    _plt().close(fig)
-    return path
+from pipeline.plotting import pyplot as _plt, save_png as _save
 
 
 def latency_throughput(perf: dict | None, path: Path) -> Path | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import provenance
-from models.contract import DURATION_KEY, RTF_KEY
+from pipeline.contract import DURATION_KEY, RTF_KEY
 from pipeline.atomic import _default, save_npy, write_text
 from pipeline.batching import feed_names, rows_of, run_rows, signature, split, stack
 from pipeline.errors import PipelineError

@@ -255,7 +255,7 @@ class _Reference:
     def __call__(self, batch):
         import numpy as np
 
-        from compare.__main__ import run_reference_chunk
+        from .reference import run_reference_chunk
 
         done = []
         for chunk in batch["chunk"]:

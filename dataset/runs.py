@@ -1,31 +1,20 @@
-"""make dataset: `make infer` and `make compare` over a folder of COUNT generated inputs, measured.
-
-Runs the two stages as they are (subprocesses, live progress bars) twice: on the first COUNT/10 inputs and on
-all COUNT, each in its own scratch tree under build/<model>/dataset/, so the main build's inputs and outputs
-stay as `make infer` left them. Peak resident memory of each stage process comes from wait4(); equal peaks at
-both sizes, and a flat resident-memory trace within the full run (every 10% of inputs), show that memory does
-not grow with the folder. Writes results/<model>/dataset_run.json and logs/<model>/dataset.log.
-"""
+"""make dataset's measured runs: generated inputs, scratch trees, stage processes (infer, compare) and what they
+show (peak memory, identity of outputs across engines, resume after a kill, model-only figure)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from convert.targets import load_target
-from models.contract import AUDIO_PER_BATCH_KEY
-from pipeline import backends
-from pipeline import provenance
-from pipeline.atomic import write_json, write_text
-from pipeline.config import load_config, load_family
-from pipeline.errors import PipelineError, cli
-from pipeline.log import StageLog
+from pipeline.atomic import write_text
+from pipeline.config import load_family
+from pipeline.contract import AUDIO_PER_BATCH_KEY
+from pipeline.errors import PipelineError
 from pipeline.paths import ROOT, ModelPaths
+from pipeline import stages
 
 MODEL_FILES = ("model.sim.onnx", "model.fp16.onnx", "weights.json")
 
@@ -87,10 +76,10 @@ def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log, engi
     env = {"PIPELINE_BUILD_DIR": str(root / "build"), "PIPELINE_RESULTS_DIR": str(root / "results"),
            "PIPELINE_LOGS_DIR": str(root / "logs"), "ENGINE": engine, "WORKERS": str(workers or "")}
     model = cfg["name"]
-    py = [sys.executable, "-m"]
     what = f"ENGINE={engine}" + (f" WORKERS={workers}" if workers else "")
     log(f"dataset | {len(sources)} input(s), {what}: make infer" + (", then make compare" if compare else "") + f" ({root})")
-    infer = run_stage([*py, "run.infer", "--model", model, "--backend", backend, "--input", str(root / "input")], env)
+    # each stage in its own process: its peak memory is the figure (pipeline/stages.py builds the command line)
+    infer = run_stage(stages.argv("infer", model=model, backend=backend, input=root / "input"), env)
     if infer["exit_code"] != 0:
         raise PipelineError(f"make infer failed on the {len(sources)}-input dataset (exit {infer['exit_code']}); "
                             f"its error line is above, its log in {root / 'logs' / model}")
@@ -110,7 +99,7 @@ def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log, engi
     }
     if not compare:
         return run
-    compare = run_stage([*py, "compare", "--model", model, "--backend", backend], env)
+    compare = run_stage(stages.argv("compare", model=model, backend=backend), env)
     if compare["exit_code"] not in (0, 1):                # 1 = FAILED gate, still a result
         raise PipelineError(f"make compare failed on the {len(sources)}-input dataset (exit {compare['exit_code']}); "
                             f"its error line is above, its log in {root / 'logs' / model}")
@@ -172,7 +161,7 @@ def interrupted_run(cfg, paths, backend, sources, root: Path, log, fraction: flo
            "PIPELINE_LOGS_DIR": str(root / "logs"), "ENGINE": "local"}
     journal = root / "build" / cfg["name"] / "infer-work" / backend / "journal.jsonl"
     blocks = -(-len(sources) // cfg["infer"]["batch_size"])
-    argv = [sys.executable, "-m", "run.infer", "--model", cfg["name"], "--backend", backend, "--input", str(root / "input")]
+    argv = stages.argv("infer", model=cfg["name"], backend=backend, input=root / "input")
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = 0
@@ -286,104 +275,3 @@ def model_only(paths: ModelPaths, backend: str, run: dict, time_input: bool) -> 
             "shapes": row.get("shapes"), "source": f"performance_eval.json#/results/{i}/"
             + ("real_time_factor" if basis == "real_time_factor" else "throughput_samples_per_s"),
             "note": note, "created_utc": perf.get("created_utc")}
-
-
-@cli
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m run.dataset", description=__doc__)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--backend", default=os.environ.get("BACKEND", "auto"))
-    ap.add_argument("--count", type=int, default=int(os.environ.get("COUNT", "1000") or 1000))
-    ap.add_argument("--small", type=int, default=0, help="size of the first run (default: count / 10)")
-    ap.add_argument("--seed", type=int, default=777)
-    ap.add_argument("--engine", default=os.environ.get("ENGINE", "") or "local")
-    ap.add_argument("--soak", type=int, default=int(os.environ.get("SOAK", "0") or 0),
-                    help="also run make infer over this many copies of one input and trace its memory")
-    args = ap.parse_args(argv)
-    ray = args.engine == "ray"
-    if args.count < 2:
-        raise PipelineError(f"COUNT={args.count}: a dataset run needs at least 2 inputs")
-    small = args.small or max(1, args.count // (5 if ray else 10))
-    if not 1 <= small < args.count:
-        raise PipelineError(f"--small {small} must be at least 1 and below COUNT={args.count}")
-    cfg = load_config(args.model, stage="dataset")
-    paths = ModelPaths(cfg["name"])
-    backend, notes = backends.run_backend(cfg, args.backend)
-    load_target(cfg, backend)                     # one clear line when `make om` has not run
-    family = load_family(cfg["family"])
-    log = StageLog(paths.logs / "dataset.log")
-    for note in notes:
-        log(f"dataset | {note}")
-    work = paths.build / "dataset"
-    log(f"dataset | {cfg['name']} on {backend}: generating {args.count} input(s), seed {args.seed}")
-    t0 = time.perf_counter()
-    sources = generate(cfg, family, work / f"sources-{args.count}-seed{args.seed}", args.count, args.seed)
-    gen_s = time.perf_counter() - t0
-    runs = [one_run(cfg, paths, backend, sources[:small], work / "run-small", log),
-            one_run(cfg, paths, backend, sources, work / "run-full", log)]
-    full = runs[-1]
-    scale = scale_out(cfg, paths, backend, sources, small, runs[0], full, work, log) if ray else None
-    soaked = soak(cfg, paths, backend, sources, args.soak, work, log) if args.soak else None
-    ref = model_only(paths, backend, full, family.has("time_input", cfg))
-    mem = {stage: {"small_mb": runs[0][stage]["peak_rss_mb"], "full_mb": full[stage]["peak_rss_mb"],
-                   "growth_mb": full[stage]["peak_rss_mb"] - runs[0][stage]["peak_rss_mb"],
-                   "ratio": full[stage]["peak_rss_mb"] / runs[0][stage]["peak_rss_mb"],
-                   "in_run": in_run(full[stage]["memory_trace"])} for stage in ("infer", "compare")}
-    result = provenance.header("dataset", cfg)
-    result.update({
-        "backend": full["backend"], "device": full["device"], "count": args.count, "small_count": small,
-        "seed": args.seed, "generator": f"models.{cfg['family']}.generate_sources", "generate_s": gen_s,
-        "runs": runs, "memory": mem, "verdict": full["compare"]["verdict"], "engine_ray": scale, "soak": soaked,
-        "model_only": ref,
-        "ratio_to_model_only": ref["run_value"] / ref["value"] if ref else None,
-        "ratio_to_runner_calls": full["infer"]["end_to_end_items_per_s"] / full["infer"]["inference_only_items_per_s"],
-        "definitions": {
-            "end_to_end_items_per_s": "items (windows for audio) per second of `make infer` wall time after the "
-                                      "runner is loaded: decode, preprocess, .npy, inference, postprocess",
-            "peak_rss_mb": "peak resident memory of the stage process (wait4 ru_maxrss)",
-            "memory.ratio": "peak RSS at COUNT inputs / peak RSS at COUNT/10 inputs, two processes (1.0 = flat)",
-            "memory.in_run": "one process, the full run: resident MB after its first 10% of inputs, and the most "
-                             "at any later 10% mark; ratio = most later / first (1.0 = flat)",
-            "ratio_to_model_only": "this run's figure / the bench's model-only figure (model_only.basis: items/s, "
-                                   "or real-time factor for audio), same backend and batch size",
-            "ratio_to_runner_calls": "end_to_end_items_per_s / inference_only_items_per_s of the same run: the share "
-                                     "of wall time the runner is busy"},
-    })
-    write_json(paths.results / "dataset_run.json", result)
-    for stage, m in mem.items():
-        log(f"dataset | {stage}: peak RSS {m['small_mb']:.0f} MB at {small} input(s), {m['full_mb']:.0f} MB at "
-            f"{args.count} ({m['ratio']:.2f}x)")
-        if m["in_run"]:
-            r = m["in_run"]
-            log(f"dataset | {stage}, within the {args.count}-input run: resident {r['first_mb']:.0f} MB after "
-                f"{r['first_done']}, at most {r['max_after_first_mb']:.0f} MB up to {r['end_done']} ({r['ratio']:.2f}x)")
-    log(f"dataset | infer {full['infer']['end_to_end_items_per_s']:.2f} items/s end to end = "
-        f"{result['ratio_to_runner_calls']:.1%} of its runner calls alone"
-        + (f"; {ref['basis']} {ref['run_value']:.2f} = {result['ratio_to_model_only']:.1%} of the bench's model-only "
-           f"{ref['value']:.2f} ({ref['note']})" if ref else
-           "; no model-only figure for this backend and batch size: run `make bench`"))
-    for line in full["verdict_lines"]:
-        log(line)
-    if soaked and "ratio_end_to_first" in soaked:
-        log(f"dataset | soak over {soaked['items']} items: resident {soaked['rss_at_first_10pct_mb']:.0f} MB after the "
-            f"first 10%, {soaked['rss_at_end_mb']:.0f} MB at the end ({soaked['ratio_end_to_first']:.2f}x), "
-            f"at most {soaked['max_rss_mb']:.0f} MB")
-    if scale:
-        for o in scale["overhead"]:
-            log(f"dataset | ENGINE=ray, 1 worker, {o['inputs']} inputs: {o['ray_files_per_s']:.2f} files/s vs local "
-                f"{o['local_files_per_s']:.2f} ({o['ray_slower_by']:+.1%}; target at most {o['target']:.0%})")
-        log(f"dataset | ENGINE=ray workers 1 / 2: {scale['workers']['1']:.2f} / {scale['workers']['2']:.2f} files/s")
-        for k, v in scale["identical"].items():
-            log(f"dataset | outputs {k}: {'identical' if v['identical'] else 'DIFFER ' + ', '.join(v['differ'])} "
-                f"({v['files_compared']} files)")
-        r = scale["resume"]
-        log(f"dataset | resume after a kill at {r['killed_after_blocks']}/{r['blocks']} blocks: {r['resume_wall_s']:.1f} s "
-            f"(uninterrupted {r['uninterrupted_wall_s']:.1f} s)")
-    log(f"dataset | results/{cfg['name']}/dataset_run.json")
-    log.save()
-    same = all(v["identical"] for v in scale["identical"].values()) if scale else True
-    return 0 if full["compare"]["verdict"] == "PASSED" and same else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,6 +5,7 @@ A family is `models/<family>/__init__.py` (host side: NumPy only, runs on an Asc
 modules directly: `pipeline.config.load_family(name)` returns a `Family`, whose attributes are exactly the
 hooks declared here (optional ones fall back to their default) and whose `has(capability)` tells what the
 stages show. `models/README.md` states the same table; `tests/test_contract.py` holds code and text together.
+It sits in pipeline/, below the families that fulfil it (models/), so the config loader can hold them to it.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pipeline.errors import ConfigError
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class Family:
     def __getattr__(self, name: str) -> Callable | Any:
         hook = HOOKS_BY_NAME.get(name)
         if hook is None:
-            raise AttributeError(f"'{name}' is not a hook of the family contract (models/contract.py)")
+            raise AttributeError(f"'{name}' is not a hook of the family contract (pipeline/contract.py)")
         module = self._host if hook.side == "host" else self._torch_module()
         if hasattr(module, name):
             return getattr(module, name)

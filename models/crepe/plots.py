@@ -1,15 +1,15 @@
-"""The pitch plot of a `frame_output` pitch family (CREPE): f0 over the activation heat map, reference and target
-side by side. Inputs are the saved arrays; the bins' pitch axis is CREPE's (20 cents per bin from 31.7 Hz)."""
+"""CREPE's report plot (the report_plots hook): f0 over the activation heat map, reference and target side by
+side. Inputs are the saved arrays; the bins' pitch axis is CREPE's (20 cents per bin from 31.7 Hz).
+matplotlib is imported on first use: the host side imports without it."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from .plots import _plt, _save
+from pipeline.plotting import pyplot, save_png
 
-CENTS_OFFSET = 1997.3794084376191      # cents above 10 Hz of bin 0
-CENTS_PER_BIN = 20.0
+from .decode import CENTS_OFFSET, CENTS_PER_BIN      # cents above 10 Hz of bin 0; cents per bin
 
 
 def _bin_of(f0: np.ndarray) -> np.ndarray:
@@ -34,7 +34,7 @@ def pitch_over_activation(ref: dict, tgt: dict, hop_s: float, path: Path, title:
     """ref/tgt: {activation (frames, 360), f0_hz (frames,), voiced (frames,), label}. Writes one PNG."""
     if ref is None or tgt is None or np.asarray(ref["activation"]).size == 0:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
     for ax, side in zip(axes, (ref, tgt)):
         _panel(ax, np.asarray(side["activation"]), np.asarray(side["f0_hz"]), np.asarray(side["voiced"]), hop_s,
@@ -42,4 +42,4 @@ def pitch_over_activation(ref: dict, tgt: dict, hop_s: float, path: Path, title:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
