@@ -24,8 +24,8 @@ PY        := $(VENV)/bin/python
 B         := $(or $(PIPELINE_BUILD_DIR),build)
 ZOO       ?=
 ZOO_LIST  ?= configs/zoo.yaml
-# configs `make zoo` generated (build/zoo/configs/) run by name like the others
-ZOO_CFG   := $(B)/zoo/configs
+# generated configs (build/configs/: `make zoo` writes them there) run by name like the others
+ZOO_CFG   := $(B)/configs
 CONFIGS   := $(sort $(DEFAULTS) $(basename $(notdir $(wildcard configs/more/*.yaml $(ZOO_CFG)/*.yaml))))
 export WEIGHTS INPUT DEVICE SOC BACKEND ENGINE WORKERS FAIL_ON_BAD SOAK
 
@@ -49,24 +49,23 @@ cfgfile    = $(firstword $(wildcard configs/$(1).yaml configs/more/$(1).yaml $(Z
 family     = $(shell sed -n 's/^family: *//p' $(call cfgfile,$(1)))
 FAMILY_SRC = $(wildcard models/$(call family,$(1))/*.py models/$(call family,$(1))/*.txt)
 
-.PHONY: help env export om infer compare bench all test clean distclean doctor preflight precision report dataset evidence zoo FORCE
+.PHONY: help env all check test clean distclean evidence FORCE
+
+# stage files are named by the BACKEND asked for; the plan stamp reruns them when its meaning changes here
+BK := $(BACKEND)
+# the stage rules come from the one stage list, pipeline/stages.py (system python3: no environment needed)
+STAGES_MK := $(B)/stages.mk
+$(STAGES_MK): pipeline/stages.py
+	@mkdir -p $(@D) && python3 -m pipeline.stages makefile > $@.tmp && mv $@.tmp $@
+include $(STAGES_MK)
 
 help:
 	@echo "Ascend offline-inference pipeline"
-	@echo "  make all        export, om, infer, compare, bench for MODEL (default: every model)"
+	@echo "  make all        export, om, infer, compare, bench for MODEL (default: every model in configs/)"
 	@echo "  make test       run the test suite (creates/updates the environment first)"
-	@echo "  make export     PyTorch -> ONNX -> onnxsim, parity-checked      -> results/<model>/export.json"
-	@echo "  make om         deployable target for BACKEND (.om via ATC, else ort-fp16); writes build/<model>/atc.sh"
-	@echo "  make infer      run the target on INPUT (file/folder) or generated samples -> results/<model>/inference_result.json"
-	@echo "  make compare    target vs onnxruntime CPU fp32 with the gate     -> results/<model>/accuracy_eval.json"
-	@echo "  make bench      latency/throughput per batch size + PyTorch eager -> results/<model>/performance_eval.json"
-	@echo "  make preflight  offline ATC compatibility check of the ONNX     -> results/<model>/preflight.json"
-	@echo "  make doctor     what Ascend software is installed                -> results/env_info.json"
-	@echo "  make dataset    infer + compare over COUNT generated inputs, memory and speed -> results/<model>/dataset_run.json"
-	@echo "  make report     REPORT.md per model and combined, plots; PUBLISH=1 adds the model-card section"
-	@echo "  make precision  where fp16 loses precision, and the keep_dtype fix -> results/<model>/precision_report.md"
+	@echo "  make check      the fast subset for the edit loop (no make-driven end-to-end tests)"
+	@python3 -m pipeline.stages help
 	@echo "  make evidence   every model, doctor, preflight, precision, dataset runs (ENGINE=ray), zoo, report: results/ and logs/"
-	@echo "  make zoo        sweep the timm models of ZOO_LIST (or ZOO=<names>) through every stage -> results/zoo/ZOO.md"
 	@echo "  make clean      remove build/ (ONNX, .om, .npy); results/ and logs/ stay"
 	@echo "Variables: MODEL=<one or more of: $(CONFIGS)> (default: $(DEFAULTS))"
 	@echo "           BACKEND=<$(BACKENDS)> (make doctor says what auto does on this machine)"
@@ -108,57 +107,10 @@ $(B)/%/plan-$(BACKEND).stamp: FORCE | $(ENV_STAMP)
 $(B)/%/cfg.stamp: $$(call cfgfile,$$*) $(PIPE_SRC) | $(ENV_STAMP)
 	@$(PY) -m pipeline.stamp config --model $*
 	@touch $@
-$(B)/%/cfg/export.json $(B)/%/cfg/om.json $(B)/%/cfg/infer.json $(B)/%/cfg/compare.json $(B)/%/cfg/bench.json: $(B)/%/cfg.stamp ;
+$(foreach s,$(SLICE_STAGES),$(B)/%/cfg/$(s).json): $(B)/%/cfg.stamp ;
 
-ifeq ($(ENV),host)
-# An Ascend host has no torch: the exported model comes from the workstation's build folder, never rebuilt here
-$(B)/%/model.sim.onnx:
-	@test -f $@ || { echo "ERROR | $@ is missing: run 'make export' on a workstation and copy build/$*/ here (README: Running on an Ascend host)" >&2; exit 2; }
-else
-$(B)/%/model.sim.onnx: $(B)/%/cfg/export.json $(B)/%/weights.stamp $(PIPE_SRC) $(wildcard export/*.py) $$(call FAMILY_SRC,$$*) | $(ENV_STAMP)
-	$(PY) -m export --model $*
-endif
 
-# stage files are named by the BACKEND asked for; the plan stamp reruns them when its meaning changes here
-BK := $(BACKEND)
-$(B)/%/om-$(BK).done: $(B)/%/model.sim.onnx $(B)/%/cfg/om.json $(B)/%/plan-$(BK).stamp $(wildcard convert/*.py) | $(ENV_STAMP)
-	$(PY) -m convert --model $* --backend $(BK)
-	@touch $@
-
-$(B)/%/infer-$(BK).done: $(B)/%/om-$(BK).done $(B)/%/cfg/infer.json $(B)/%/input.stamp $(wildcard run/*.py) $$(call FAMILY_SRC,$$*) | $(ENV_STAMP)
-	$(PY) -m run.infer --model $* --backend $(BK)
-	@touch $@
-
-$(B)/%/compare-$(BK).done: $(B)/%/infer-$(BK).done $(B)/%/cfg/compare.json $(wildcard compare/*.py) $$(call FAMILY_SRC,$$*) | $(ENV_STAMP)
-	$(PY) -m compare --model $* --backend $(BK)
-	@touch $@
-
-$(B)/%/bench-$(BK).done: $(B)/%/om-$(BK).done $(B)/%/cfg/bench.json $(wildcard run/*.py) $$(call FAMILY_SRC,$$*) | $(ENV_STAMP)
-	$(PY) -m run.bench --model $* --backend $(BK)
-	@touch $@
-
-export:  $(foreach m,$(MODEL),$(B)/$(m)/model.sim.onnx)
-om:      $(foreach m,$(MODEL),$(B)/$(m)/om-$(BK).done)
-infer:   $(foreach m,$(MODEL),$(B)/$(m)/infer-$(BK).done)
-compare: $(foreach m,$(MODEL),$(B)/$(m)/compare-$(BK).done)
-bench:   $(foreach m,$(MODEL),$(B)/$(m)/bench-$(BK).done)
 all:     compare bench
-
-# a measurement, like bench: always runs; the model-only figure it compares against comes from bench
-dataset: $(foreach m,$(MODEL),$(B)/$(m)/bench-$(BK).done) | $(ENV_STAMP)
-	@rc=0; for m in $(MODEL); do $(PY) -m run.dataset --model $$m --backend $(BK) --count $(COUNT) || rc=1; done; exit $$rc
-
-report: | $(ENV_STAMP)
-	$(PY) -m report --model $(MODEL) $(if $(PUBLISH),--publish,)
-
-precision: $(foreach m,$(MODEL),$(B)/$(m)/model.sim.onnx) | $(ENV_STAMP)
-	@rc=0; for m in $(MODEL); do $(PY) -m precision --model $$m --max-samples $(PRECISION_SAMPLES) || rc=1; done; exit $$rc
-
-preflight: $(foreach m,$(MODEL),$(B)/$(m)/model.sim.onnx) | $(ENV_STAMP)
-	@rc=0; for m in $(MODEL); do $(PY) -m convert.preflight --model $$m || rc=1; done; exit $$rc
-
-doctor: | $(ENV_STAMP)
-	$(PY) -m pipeline.doctor --model $(MODEL) --backend $(BACKEND)
 
 # ---- evidence: one run that writes results/ and logs/ (run it in a clean clone) ----------------------------
 MORE_EVIDENCE := crepe_full resnet50_a1_in1k efficientnet_b0_ra_in1k mobilenetv3_large_100_ra_in1k \
@@ -174,13 +126,13 @@ evidence: | $(ENV_STAMP)
 	$(MAKE) zoo
 	$(MAKE) report PUBLISH=1 MODEL="$(DEFAULTS) $(MORE_EVIDENCE)"
 
-# ---- zoo sweep: each model through the stages above (make export, preflight, om, compare, precision, bench) ----
-zoo: | $(ENV_STAMP)
-	$(PY) -m zoo --list $(ZOO_LIST) --backend $(BACKEND) $(if $(ZOO),--only $(ZOO),)
-
 # ---- tests ----------------------------------------------------------------------------------------
 test: $(VENV)/.installed-full
 	$(PY) -m pytest -q tests
+
+# the edit loop: everything but the make-driven end-to-end tests (marker e2e, pytest.ini)
+check: $(VENV)/.installed-full
+	$(PY) -m pytest -q -m "not e2e" tests
 
 clean:
 	rm -rf $(B)

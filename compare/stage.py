@@ -1,25 +1,22 @@
 """make compare: target outputs vs the onnxruntime CPU fp32 reference on the same saved inputs, with a gate."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from convert.targets import reference_runner
 from pipeline import backends, provenance
-from pipeline.atomic import save_npy, write_json
-from pipeline.batching import rows_of, run_rows, split, stack
+from pipeline.atomic import write_json
 from pipeline.config import gate_for, load_config, load_family
-from pipeline.errors import ConfigError, PipelineError, cli
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.log import StageLog
 from pipeline.metrics import gate_check
 from pipeline.paths import ModelPaths
 from pipeline.progress import Progress
+from run.reference import iter_reference, reference_chunks
 
 from .explain import explain_output
 
@@ -34,42 +31,6 @@ def load_run(paths: ModelPaths, backend: str, cfg: dict):
     if out_manifest["inputs_manifest_sha256"] != provenance.sha256_file(manifest_path):
         raise PipelineError(f"the {backend} outputs were made from other inputs than the saved ones; {hint}")
     return json.loads(manifest_path.read_text()), out_manifest
-
-
-def reference_chunks(manifest: dict, batch_size: int) -> list[list[int]]:
-    """Item indices run together: consecutive items of equal input shapes, at most batch_size (any engine)."""
-    chunks, sig = [], None
-    for i, item in enumerate(manifest["items"]):
-        s = json.dumps(item["shapes"], sort_keys=True)
-        if chunks and s == sig and len(chunks[-1]) < batch_size:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
-        sig = s
-    return chunks
-
-
-def run_reference_chunk(paths, manifest, runner, chunk: list[int], pad: str) -> list[tuple[dict, dict]]:
-    names = manifest["feeds"]
-    items = [manifest["items"][i] for i in chunk]
-    feeds = [{n: np.load(paths.inputs / it["files"][n]) for n in names} for it in items]
-    out, _ = run_rows(runner, stack(feeds, names), pad)
-    res = split(out, [rows_of(f, names) for f in feeds])
-    for item, r in zip(items, res):
-        for name, arr in r.items():
-            save_npy(paths.outputs("reference") / f"{item['id']}.{name}.npy", arr)
-    return list(zip(items, res))
-
-
-def iter_reference(paths, manifest, runner, batch_size: int, pad: str = "repeat", outputs=()):
-    """Yield (item, reference outputs) in manifest order, streaming; runner None: read what Ray workers wrote."""
-    for chunk in reference_chunks(manifest, batch_size):
-        if runner is not None:
-            yield from run_reference_chunk(paths, manifest, runner, chunk, pad)
-            continue
-        for i in chunk:
-            item = manifest["items"][i]
-            yield item, {o: np.load(paths.outputs("reference") / f"{item['id']}.{o}.npy") for o in outputs}
 
 
 def check_sample(tgt, ref, gate, comp) -> tuple[dict, list[str]]:
@@ -126,19 +87,13 @@ class TaskMetrics:
         return self.per_source
 
 
-@cli
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compare", description=__doc__)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--backend", default=os.environ.get("BACKEND", "auto"))
-    ap.add_argument("--engine", default=os.environ.get("ENGINE", "") or "local")
-    ap.add_argument("--workers", default=os.environ.get("WORKERS", ""))
-    args = ap.parse_args(argv)
-    if args.engine not in ("local", "ray"):
-        raise ConfigError(f"unknown ENGINE '{args.engine}'; use one of: local, ray")
-    cfg = load_config(args.model, stage="compare")
+def compare(model: str, backend: str = 'auto', engine: str = 'local', workers: str = '') -> int:
+    """target vs the onnxruntime CPU fp32 reference, with the gate (the `make compare` stage as a library call)."""
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"unknown ENGINE '{engine}'; use one of: local, ray")
+    cfg = load_config(model, stage="compare")
     paths = ModelPaths(cfg["name"])
-    backend, notes = backends.run_backend(cfg, args.backend)
+    backend, notes = backends.run_backend(cfg, backend)
     log = StageLog(paths.logs / "accuracy_eval.log")
     for note in notes:
         log(f"compare | {cfg['name']} | {note}")
@@ -152,11 +107,11 @@ def main(argv=None) -> int:
     rows = {name: [] for name in outputs}
     progress = Progress(len(manifest["items"]), "compare", unit="item")
     pad = cfg["infer"]["pad"]
-    if args.engine == "ray":
-        from run.ray_engine import run_reference_ray
+    if engine == "ray":
+        from run.ray_engine import run_reference_ray      # only with ENGINE=ray: the default path never imports ray
 
         ref_desc = run_reference_ray(cfg, paths, manifest, reference_chunks(manifest, cfg["infer"]["batch_size"]),
-                                     pad, args.workers, log)
+                                     pad, workers, log)
         ref_runner = None
     else:
         ref_runner = reference_runner(cfg)
@@ -231,7 +186,3 @@ def main(argv=None) -> int:
         f"results/{cfg['name']}/accuracy_eval.json")
     log.save()
     return 0 if all_pass else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

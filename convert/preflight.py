@@ -6,7 +6,6 @@ int64 compute (AI CPU fallback) and keep_dtype node names.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from pathlib import Path
@@ -16,6 +15,7 @@ from pipeline.atomic import write_json
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, PipelineError, cli
 from pipeline.paths import ModelPaths
+from pipeline import stages
 
 # Absent from ATC's ONNX parser map (shared/reference/ascend-atc.md section 5), with the usual way around
 UNSUPPORTED = {
@@ -238,22 +238,22 @@ def report_lines(report: dict, model: str) -> list[str]:
     return lines
 
 
-@cli
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m convert.preflight", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--onnx", default="", help="check another ONNX file (default: build/<model>/model.sim.onnx)")
-    ap.add_argument("--soc", default="", help="target --soc_version for the chip-specific checks")
-    args = ap.parse_args(argv)
-    cfg = load_config(args.model, stage="preflight")
+def preflight(model: str, onnx: str = '', soc: str = '') -> int:
+    """offline ATC compatibility check of the ONNX (the `make preflight` stage as a library call)."""
+    cfg = load_config(model, stage="preflight")
     paths = ModelPaths(cfg["name"])
-    report = run_preflight(Path(args.onnx) if args.onnx else paths.onnx_sim, cfg, args.soc or None)
+    report = run_preflight(Path(onnx) if onnx else paths.onnx_sim, cfg, soc or None)
     for line in report_lines(report, cfg["name"]):
         print(line)
     result = provenance.header("preflight", cfg)
     result.update(report)
-    write_json(paths.results / ("preflight.json" if not args.onnx else "preflight-custom.json"), result)
+    write_json(paths.results / ("preflight.json" if not onnx else "preflight-custom.json"), result)
     return 0 if report["verdict"] == "PASSED" else 1
+
+
+@cli
+def main(argv=None) -> int:
+    return preflight(**stages.parse("preflight", argv))
 
 
 if __name__ == "__main__":

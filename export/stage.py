@@ -1,7 +1,6 @@
 """make export: PyTorch -> ONNX -> onnxsim, checked against PyTorch on the same seeded inputs."""
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import numpy as np
 from pipeline import provenance
 from pipeline.atomic import write_json
 from pipeline.config import dynamic_axes, load_config, load_family
-from pipeline.errors import PipelineError, cli
+from pipeline.errors import ExportError, ParityError, PipelineError, failing_call
 from pipeline.log import StageLog
 from pipeline.metrics import gate_check, rel_l2
 from pipeline.paths import ModelPaths
@@ -80,21 +79,17 @@ def run_onnx(path: Path, feeds: dict, cfg: dict) -> dict:
         return r.infer(feeds)
 
 
-@cli
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export", description=__doc__)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--weights", default=os.environ.get("WEIGHTS", ""))
-    args = ap.parse_args(argv)
+def export_model(model: str, weights: str = '') -> int:
+    """PyTorch -> ONNX -> onnxsim, parity-checked (the `make export` stage as a library call)."""
 
-    cfg = load_config(args.model, stage="export")
+    cfg = load_config(model, stage="export")
     paths = ModelPaths(cfg["name"])
     family = load_family(cfg["family"])
     log = StageLog(paths.logs / "export.log")
     timings = {}
 
     t0 = time.perf_counter()
-    weights = resolve_weights(cfg, args.weights, family)
+    weights = resolve_weights(cfg, weights, family)
     module, prov = build_model(cfg, family, weights)
     export_module = family.export_module(module, cfg)
     timings["build_and_load_s"] = time.perf_counter() - t0
@@ -110,7 +105,13 @@ def main(argv=None) -> int:
 
         raw, sim = staging / paths.onnx.name, staging / paths.onnx_sim.name
         t0 = time.perf_counter()
-        export_onnx(export_module, cfg, cases[0], raw)
+        try:
+            export_onnx(export_module, cfg, cases[0], raw)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}; try another opset or exporter "
+                              "(export.opset, export.exporter)", failing_call=failing_call(exc)) from exc
         timings["export_s"] = time.perf_counter() - t0
         onnx_model = onnx.load(str(raw))
         onnx.checker.check_model(onnx_model)
@@ -153,8 +154,8 @@ def main(argv=None) -> int:
         log(f"{verdict} | export parity {cfg['name']}: worst relative L2 {worst:.2e} (limit {limit:.0e}) "
             f"over {len(cases)} case(s), PyTorch vs ONNX vs simplified ONNX")
         if verdict == "FAILED":
-            raise PipelineError(f"exported ONNX differs from PyTorch (relative L2 {worst:.2e} >= {limit:.0e}); "
-                                "see logs/" + f"{cfg['name']}/export.log; try another opset or exporter")
+            raise ParityError(f"exported ONNX differs from PyTorch (relative L2 {worst:.2e} >= {limit:.0e}); "
+                              f"see {log.path}; try another opset or exporter", worst=worst, limit=limit)
 
         paths.build.mkdir(parents=True, exist_ok=True)
         os.replace(raw, paths.onnx)
@@ -184,7 +185,3 @@ def main(argv=None) -> int:
     write_json(paths.results / "export.json", report)
     log.save()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

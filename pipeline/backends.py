@@ -22,16 +22,15 @@ class Backend:
     device_kind: str        # "npu" or "cpu": what the results' `device` says
     builder: str            # "module:function(cfg, paths, log, soc) -> target dict" run by `make om`
     runner: str             # "module:function(cfg, target, device) -> Runner" (not yet activated)
-    batching: str           # "any": any batch size; "built": only runner.accepted_batch_sizes() (pad or split)
     what: str
 
 
 REGISTRY: dict[str, Backend] = {b.name: b for b in (
-    Backend("om", "npu", "convert.targets:build_om", "convert.targets:open_om", "built",
+    Backend("om", "npu", "convert.targets:build_om", "convert.targets:open_om",
             "Ascend .om built by ATC, run by ais_bench on an NPU"),
-    Backend("ort-fp16", "cpu", "convert.targets:build_ort_fp16", "convert.targets:open_ort_fp16", "any",
+    Backend("ort-fp16", "cpu", "convert.targets:build_ort_fp16", "convert.targets:open_ort_fp16",
             "CPU emulation of ATC's force_fp16: fp16 compute inside, fp32 inputs/outputs, onnxruntime"),
-    Backend("ort-cpu", "cpu", "convert.targets:build_ort_cpu", "convert.targets:open_ort_cpu", "any",
+    Backend("ort-cpu", "cpu", "convert.targets:build_ort_cpu", "convert.targets:open_ort_cpu",
             "the fp32 reference: the simplified ONNX on onnxruntime's CPU provider"),
 )}
 NAMES = ("auto", *REGISTRY)

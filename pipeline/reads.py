@@ -14,11 +14,12 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_text_if_changed
+from . import stages
 from .paths import ModelPaths
 
 
-# the stages that record their reads (the first five have a config slice in the Makefile)
-STAGES = ("export", "om", "infer", "compare", "bench", "precision", "preflight", "dataset")
+# the stages that record their reads: the per-model stages of pipeline/stages.py
+STAGES = tuple(s.name for s in stages.STAGES if s.kind != "tool")
 PRIVATE = ("_source", "_path")          # set by load_config, not config keys
 
 

@@ -16,6 +16,7 @@ from .atomic import atomic_path, write_text, write_text_if_changed
 from .config import load_config
 from .reads import ABSENT, entries, json_lines, keys_file, lookup, read_keys, read_last_run
 from .errors import cli
+from . import stages
 from .paths import ModelPaths, ROOT
 
 
@@ -31,8 +32,9 @@ def fingerprint(path: Path) -> list[str]:
     return lines
 
 
-# stages with a config slice in the Makefile; a stage that recorded its reads gets one as well
-SLICE_STAGES = ("export", "om", "infer", "compare", "bench")
+# stages with a config slice in the Makefile (declared in pipeline/stages.py); a stage that recorded its reads
+# gets one as well
+SLICE_STAGES = stages.SLICE_STAGES
 
 
 def slice_text(stage: str, cfg: dict, keys) -> str:

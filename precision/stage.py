@@ -5,9 +5,7 @@ force_fp16 computes), not an NPU measurement.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import numpy as np
 from pipeline import provenance
 from pipeline.atomic import atomic_path, write_json, write_text
 from pipeline.config import gate_for, load_config, load_family, save_reads
-from pipeline.errors import PipelineError, cli
+from pipeline.errors import PipelineError
 from pipeline.paths import ModelPaths
 
 from .fix import evaluate, search
@@ -136,22 +134,18 @@ def markdown(rep: dict) -> str:
     return "\n".join(lines)
 
 
-@cli
-def main(argv=None) -> int:
+def diagnose(model: str, max_samples: int = 2) -> int:
+    """where fp16 loses precision, and the keep_dtype fix (the `make precision` stage as a library call)."""
     import onnx
 
-    ap = argparse.ArgumentParser(prog="python -m precision", description=__doc__)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--max-samples", type=int, default=2)
-    args = ap.parse_args(argv)
-    cfg = load_config(args.model, stage="precision")
+    cfg = load_config(model, stage="precision")
     paths = ModelPaths(cfg["name"])
     if not paths.onnx_sim.exists():
         raise PipelineError(f"{paths.onnx_sim} is missing; run `make export MODEL={cfg['name']}` first "
                             "(and `make infer` to use real inputs)")
     t0 = time.perf_counter()
     model = onnx.load(str(paths.onnx_sim))
-    feeds, feeds_desc = load_feeds(cfg, paths, args.max_samples)
+    feeds, feeds_desc = load_feeds(cfg, paths, max_samples)
     rows = layer_compare(model, feeds)
     fl = flops(model, rows)
     total = sum(fl.values()) or 1.0
@@ -217,7 +211,3 @@ def main(argv=None) -> int:
     print(f"precision | results/{cfg['name']}/precision_report.md (CPU emulation, not an NPU measurement)")
     save_reads(cfg)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

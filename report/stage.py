@@ -2,28 +2,25 @@
 arrays for the plots where present). `--publish` also writes the model-card section for adaptation platforms."""
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import SCHEMA_VERSION
 from pipeline.atomic import write_text
-from models.contract import EMBEDDING_ARRAY, FRAME_ARRAY, FRAME_HOP_KEY
+from pipeline.contract import EMBEDDING_ARRAY, FRAME_ARRAY, FRAME_HOP_KEY
 from pipeline import backends
 from pipeline.config import available_models, default_models, load_config, load_family
-from pipeline.errors import cli
 from pipeline.paths import ModelPaths
+from pipeline import stages
 
 from . import plots
 from .tables import (accuracy_table, dataset_table, device_label, environment, export_table, get, performance_table,
                      precision_table, weights_line)
 
-FILES = ("export", "inference_result", "accuracy_eval", "performance_eval", "precision_report", "preflight",
-         "dataset_run")
+FILES = tuple(f.removesuffix(".json") for f in stages.RESULT_FILES)     # every stage's results/<m>/ file
 
 
 def load(path: Path) -> dict | None:
@@ -131,7 +128,7 @@ def zoo_section() -> list[str]:
             *text.splitlines()]
 
 
-def publish(cfg, paths, docs) -> Path:
+def publish_card(cfg, paths, docs) -> Path:
     """Model-card section with the evidence as text, and the proof files in the layout platforms expect."""
     acc, perf = docs["accuracy_eval"], docs["performance_eval"]
     backend = (acc or {}).get("target", {}).get("backend") or (perf or {}).get("backend")
@@ -160,14 +157,10 @@ def publish(cfg, paths, docs) -> Path:
     return out / "README.md"
 
 
-@cli
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m report", description=__doc__)
-    ap.add_argument("--model", nargs="*", default=None)
-    ap.add_argument("--publish", action="store_true")
-    args = ap.parse_args(argv)
-    models = args.model or [m for m in available_models()
-                            if m in default_models() or ModelPaths(m).results.exists()]
+def write_reports(models: list | None = None, publish: bool = False) -> int:
+    """REPORT.md per model and combined, plots (PUBLISH=1: model card) (the `make report` stage as a library call)."""
+    models = models or [m for m in available_models()
+                        if m in default_models() or ModelPaths(m).results.exists()]
     rows = []
     env_info = None
     for m in models:
@@ -178,14 +171,10 @@ def main(argv=None) -> int:
         figs = model_plots(cfg, paths, docs)
         write_text(paths.results / "REPORT.md", model_report(cfg, docs, env_info, figs))
         print(f"report | results/{m}/REPORT.md ({len([f for f in figs if f[1]])} plot(s))")
-        if args.publish:
-            print(f"report | {publish(cfg, paths, docs)}")
+        if publish:
+            print(f"report | {publish_card(cfg, paths, docs)}")
         rows.append((m, docs))
     top = ModelPaths(models[0]).results.parent / "REPORT.md"
     write_text(top, combined(rows, env_info))
     print(f"report | {top}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

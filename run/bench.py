@@ -1,7 +1,6 @@
 """make bench: latency and throughput per batch size (and input shape) for a backend, next to PyTorch eager."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -16,6 +15,7 @@ from pipeline.config import load_config, load_family
 from pipeline.errors import PipelineError, cli
 from pipeline.log import StageLog
 from pipeline.paths import ModelPaths
+from pipeline import stages
 
 from convert.targets import open_runner
 
@@ -145,19 +145,14 @@ def pipeline_throughput(cfg, family, runner, paths, rows, log) -> dict:
     return out
 
 
-@cli
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m run.bench", description=__doc__)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--backend", default=os.environ.get("BACKEND", "auto"))
-    ap.add_argument("--device", type=int, default=int(os.environ.get("DEVICE", "0") or 0))
-    args = ap.parse_args(argv)
-    cfg = load_config(args.model, stage="bench")
+def bench(model: str, backend: str = 'auto', device: int = 0) -> int:
+    """latency/throughput per batch size + PyTorch eager (the `make bench` stage as a library call)."""
+    cfg = load_config(model, stage="bench")
     paths = ModelPaths(cfg["name"])
     family = load_family(cfg["family"])
     bcfg = cfg["bench"]
     notes = []
-    runner = open_runner(cfg, args.backend, args.device, log=notes.append)
+    runner = open_runner(cfg, backend, device, log=notes.append)
     log = StageLog(paths.logs / f"bench-{runner.backend}.log")
     for note in notes:
         log(f"bench | {note}")
@@ -230,6 +225,11 @@ def main(argv=None) -> int:
     log(f"bench | results/{cfg['name']}/performance_eval.json")
     log.save()
     return 0
+
+
+@cli
+def main(argv=None) -> int:
+    return bench(**stages.parse("bench", argv))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ and a pointer to the JSONL. ENGINE=ray runs the same blocks in Ray Data actors (
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from convert.targets import load_target, open_runner
-from models.contract import DURATION_KEY
+from pipeline.contract import DURATION_KEY
 from pipeline import backends, provenance
 from pipeline.atomic import _default, atomic_path, remove_orphans, write_json
 from pipeline.config import load_config, load_family
@@ -26,6 +25,7 @@ from pipeline.errors import ConfigError, InputError, PipelineError, cli
 from pipeline.log import StageLog
 from pipeline.paths import ModelPaths
 from pipeline.progress import Progress
+from pipeline import stages
 
 from .engine import JOURNAL, BlockWorker, Journal, plan_blocks, prepare_source, run_key
 
@@ -133,35 +133,25 @@ def bad_share_check(failed: list, total: int, cfg: dict, fail_on_bad: bool) -> s
     return None
 
 
-@cli
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m run.infer", description=__doc__)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--backend", default=os.environ.get("BACKEND", "auto"))
-    ap.add_argument("--input", default=os.environ.get("INPUT", ""))
-    ap.add_argument("--device", type=int, default=int(os.environ.get("DEVICE", "0") or 0))
-    ap.add_argument("--batch-size", type=int, default=0)
-    ap.add_argument("--engine", default=os.environ.get("ENGINE", "") or "local")
-    ap.add_argument("--workers", default=os.environ.get("WORKERS", ""))
-    ap.add_argument("--fail-on-bad", action="store_true", default=os.environ.get("FAIL_ON_BAD", "") == "1")
-    args = ap.parse_args(argv)
-    if args.engine not in ENGINES:
-        raise ConfigError(f"unknown ENGINE '{args.engine}'; use one of: {', '.join(ENGINES)}")
+def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, batch_size: int = 0, engine: str = 'local', workers: str = '', fail_on_bad: bool = False) -> int:
+    """run the target on INPUT or generated samples (the `make infer` stage as a library call)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown ENGINE '{engine}'; use one of: {', '.join(ENGINES)}")
 
-    cfg = load_config(args.model, stage="infer")
+    cfg = load_config(model, stage="infer")
     paths = ModelPaths(cfg["name"])
     family = load_family(cfg["family"])
-    backend, notes = backends.run_backend(cfg, args.backend)
+    backend, notes = backends.run_backend(cfg, backend)
     target = load_target(cfg, backend)
     weights_meta = load_weights_meta(paths, cfg)
     log = StageLog(paths.logs / f"infer-{backend}.log")
     for note in notes:
         log(f"infer | {cfg['name']} | {note}")
-    batch_size = args.batch_size or cfg["infer"]["batch_size"]
+    batch_size = batch_size or cfg["infer"]["batch_size"]
 
-    if args.input:
-        sources = family.find_sources(args.input, cfg)
-        input_desc = {"kind": "user", "arg": args.input}
+    if input:
+        sources = family.find_sources(input, cfg)
+        input_desc = {"kind": "user", "arg": input}
     else:
         sources = family.generate_sources(cfg, paths.build / "samples")
         input_desc = {"kind": "generated", "folder": str(paths.build / "samples"), "seed": cfg["infer"]["seed"]}
@@ -185,14 +175,14 @@ def main(argv=None) -> int:
     progress.update(sum(len(blocks[b]) for b in done))
 
     t_load = time.perf_counter()
-    if args.engine == "ray":
+    if engine == "ray":
         from .ray_engine import run_ray
 
         runner_desc, device, engine_info = run_ray(cfg, backend, target, weights_meta, work, sources, blocks, todo,
-                                                   journal, progress, batch_size, args.workers, args.device, log)
+                                                   journal, progress, batch_size, workers, device, log)
         t_start, load_s = t_load, None
     else:
-        runner = open_runner(cfg, backend, args.device)
+        runner = open_runner(cfg, backend, device)
         with runner:
             t_start = time.perf_counter()
             load_s = t_start - t_load
@@ -250,20 +240,15 @@ def main(argv=None) -> int:
     for f in res["failed"][:20]:
         log(f"infer | failed | {f['source']}: {f['error']}")
     log.save()
-    why = bad_share_check(res["failed"], len(sources), cfg, args.fail_on_bad)
+    why = bad_share_check(res["failed"], len(sources), cfg, fail_on_bad)
     if why:
         raise InputError(why)
     return 0
 
 
-def read_samples(paths: ModelPaths):
-    """The streamed per-file results of the last `make infer` (one dict per line)."""
-    path = paths.results / "inference_result.jsonl"
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
+@cli
+def main(argv=None) -> int:
+    return infer(**stages.parse("infer", argv))
 
 
 if __name__ == "__main__":

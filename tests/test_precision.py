@@ -9,9 +9,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from compare.__main__ import check_sample
+from compare.stage import check_sample
 from pipeline.config import gate_for
-from precision.__main__ import gate_lines
+from precision.stage import gate_lines
 from precision.emulate import round_fp16
 from precision.fix import candidates, evaluate, search
 from precision.layerwise import flops, layer_compare, node_origin, session

@@ -3,7 +3,6 @@ own result files (results/zoo/models/<m>/*.json)."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from . import STAGES
@@ -37,7 +36,8 @@ def fresh(path: Path, outcome: Outcome) -> dict | None:
 def stage(verdict: str, outcome: Outcome | None = None, cause: str | None = None, message: str = "", **figures) -> dict:
     return {"verdict": verdict, "cause": cause, "message": message,
             "seconds": round(outcome.seconds, 2) if outcome else 0.0,
-            "log": str(outcome.log) if outcome else None, **figures}
+            "log": str(outcome.log) if outcome else None,
+            **({"error": outcome.error} if outcome is not None and outcome.error else {}), **figures}
 
 
 def skipped(why: str) -> dict:
@@ -61,9 +61,9 @@ def export(outcome: Outcome, results: Path) -> dict:
         return timed_out(outcome)
     doc = fresh(results / "export.json", outcome)
     if not outcome.ok:
-        m = re.search(r"relative L2 ([0-9.eE+-]+)", outcome.message)
-        if "differs from PyTorch" in outcome.message:
-            return stage("failed", outcome, "parity", outcome.message, parity_worst_rel_l2=float(m.group(1)) if m else None)
+        if outcome.code == "parity":
+            return stage("failed", outcome, "parity", outcome.message,
+                         parity_worst_rel_l2=outcome.error["details"].get("worst"))
         return stage("failed", outcome, "export-failed", outcome.message)
     if doc is None:
         return stage("failed", outcome, "export-failed", f"make export wrote no {results / 'export.json'}")

@@ -1,7 +1,6 @@
 """make zoo: sweep the models of configs/zoo.yaml (or ZOO=<names>) through every stage; one row per model."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 from pipeline import provenance
 from pipeline.atomic import write_json
 from pipeline.config import load_config
-from pipeline.errors import ConfigError, cli
+from pipeline.errors import ConfigError, UnknownModelError
 from pipeline.paths import ROOT, ModelPaths
 
 from . import STAGES, listing, row as R, table
@@ -52,7 +51,7 @@ class Sweep:
         try:
             cfg = listing.base_config(self.doc, e)
         except ConfigError as exc:
-            cause = "unknown-model" if "is not a timm model" in str(exc) else "config"
+            cause = exc.code if isinstance(exc, UnknownModelError) else "config"
             print(f"ERROR | zoo {name}: {one_line(str(exc))}", flush=True)
             return self.finish(e, None, {s: (R.stage("failed", None, cause, one_line(str(exc))) if s == "export"
                                              else R.skipped(f"{cause}: nothing to run")) for s in STAGES}, t0)
@@ -70,7 +69,7 @@ class Sweep:
                                                else R.skipped("config: nothing to run")) for s in STAGES}, t0)
         res = self.models_results / name
         st = {"export": R.export(self.stage("export", name, limits), res)}
-        fix = listing.export_fix(st["export"]["message"]) if st["export"]["verdict"] == "failed" else None
+        fix = listing.export_fix(st["export"].get("error")) if st["export"]["verdict"] == "failed" else None
         if fix:
             cfg = self.fix_export(cfg, fix, name, limits, res, st)
         if st["export"]["verdict"] not in ("passed", "fixed"):
@@ -133,7 +132,7 @@ class Sweep:
     def finish(self, e: dict, inputs: str | None, st: dict, t0: float) -> dict:
         outcome, causes = R.outcome_of(st)
         row = {"name": e["name"], "architecture": e["architecture"], "timm_module": timm_module(e["architecture"]),
-               "config": str(listing.zoo_config_dir() / f"{e['name']}.yaml"), "inputs_sha256": inputs,
+               "config": str(listing.generated_config_dir() / f"{e['name']}.yaml"), "inputs_sha256": inputs,
                "git": provenance.git_revision(), "outcome": outcome, "causes": causes, "stages": st,
                "seconds": round(time.perf_counter() - t0, 2)}
         write_json(self.row_file(e["name"]), row)
@@ -151,23 +150,18 @@ def timm_module(arch: str) -> str | None:
         return None
 
 
-@cli
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m zoo", description=__doc__)
-    ap.add_argument("--list", default=str(ROOT / "configs" / "zoo.yaml"))
-    ap.add_argument("--only", nargs="*", default=[], help="entries or timm names to (re)run; default: the whole list")
-    ap.add_argument("--backend", default="auto")
-    args = ap.parse_args(argv)
-    doc = listing.load_list(Path(args.list))
-    sweep = Sweep(doc, args.backend)
-    entries = listing.select(doc, args.only)
+def run_sweep(zoo_list: str = 'configs/zoo.yaml', only: list | None = None, backend: str = 'auto') -> int:
+    """sweep ZOO_LIST (or ZOO=<names>) through every zoo stage -> results/zoo/ZOO.md (the `make zoo` stage as a library call)."""
+    doc = listing.load_list(Path(zoo_list) if Path(zoo_list).exists() else ROOT / zoo_list)
+    sweep = Sweep(doc, backend)
+    entries = listing.select(doc, only)
     t0 = time.perf_counter()
     rows = []
     try:
         for i, e in enumerate(entries, 1):
             print(f"zoo | [{i}/{len(entries)}] {e['name']}", flush=True)
             try:
-                rows.append(sweep.model(e, force=bool(args.only)))
+                rows.append(sweep.model(e, force=bool(only)))
             except (OSError, ValueError, KeyError, TypeError) as exc:     # a model never stops the sweep
                 rows.append(sweep.crashed(e, exc))
     except KeyboardInterrupt:
@@ -176,7 +170,7 @@ def main(argv=None) -> int:
         return 130
     wall = time.perf_counter() - t0
     listed = [e["name"] for e in doc["models"]]
-    paths = table.write(sweep.out, doc, listed, args.backend, wall, [e["name"] for e in entries])
+    paths = table.write(sweep.out, doc, listed, backend, wall, [e["name"] for e in entries])
     counts = table.totals(table.read_rows(sweep.out, listed))
     print(f"zoo | {', '.join(f'{v} {k}' for k, v in counts['outcomes'].items())}; this run {wall:.0f} s; "
           f"{', '.join(str(p) for p in paths)}")
@@ -185,7 +179,3 @@ def main(argv=None) -> int:
         print(f"ERROR | zoo: no verdict for every stage of {', '.join(missing)}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

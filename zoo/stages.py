@@ -1,6 +1,7 @@
 """Run one `make <stage> MODEL=<m>` under a time limit, its output in logs/zoo/<m>/<stage>.log."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.atomic import atomic_path
+from pipeline.errors import ERROR_FILE_ENV
 from pipeline.paths import ROOT
 
 GRACE_S = 10.0
@@ -22,6 +24,11 @@ class Outcome:
     started: float          # time.time() at the start, to tell this run's result files from older ones
     message: str            # the stage's own error line, one line
     log: Path
+    error: dict | None = None   # what the failing stage recorded (pipeline.errors.record_failure): code, type, details
+
+    @property
+    def code(self) -> str | None:
+        return (self.error or {}).get("code")
 
     @property
     def ok(self) -> bool:
@@ -54,6 +61,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def run(target: str, model: str, backend: str, limit_s: float, log: Path, env: dict) -> Outcome:
     cmd = ["make", "--no-print-directory", target, f"MODEL={model}", f"BACKEND={backend}"]
+    error_file = log.with_name(log.name + ".error.json")
+    error_file.unlink(missing_ok=True)
+    env = {**env, ERROR_FILE_ENV: str(error_file)}
     t0, started = time.perf_counter(), time.time()
     with atomic_path(log) as tmp, open(tmp, "w", encoding="utf-8") as out:
         out.write("$ " + " ".join(cmd) + "\n")
@@ -72,7 +82,10 @@ def run(target: str, model: str, backend: str, limit_s: float, log: Path, env: d
     seconds = time.perf_counter() - t0
     message = "" if rc == 0 else (f"{target} did not finish within {limit_s:g} s" if rc is None
                                   else error_line(log.read_text(encoding="utf-8", errors="replace")))
-    return Outcome(rc, seconds, started, message, log)
+    error = json.loads(error_file.read_text(encoding="utf-8")) if rc not in (0, None) and error_file.is_file() else None
+    if error and error.get("message") and error["code"] != "crash":
+        message = one_line(error["message"])
+    return Outcome(rc, seconds, started, message, log, error)
 
 
 _TRACE_END = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")
