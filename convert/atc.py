@@ -2,7 +2,7 @@
 
 Every command runs with the model's build folder as working directory and relative paths, so the same
 commands in build/<model>/atc.sh run unchanged on another host once the build folder is copied there.
-Facts: shared/reference/ascend-atc.md (options, exclusions, success line, output naming, gears).
+Facts, with their upstream sources: docs/atc.md (options, exclusions, success line, output naming, gears).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from pipeline.errors import ConfigError, PipelineError, cli
 from pipeline.paths import ModelPaths
 from pipeline import stages
 
-# Absent from ATC's ONNX parser map (shared/reference/ascend-atc.md section 5), with the usual way around
+# Absent from ATC's ONNX parser map (docs/atc.md, "10. ONNX opsets and operators"), with the usual way around
 UNSUPPORTED = {
     "STFT": "compute the spectrogram on the host (NumPy) and feed it to the model",
     "DFT": "compute it on the host, or as a Conv1D with a fixed DFT basis",

@@ -1,7 +1,7 @@
 """The `om` backend: .om files run through ais_bench's InferSession (ACL) on an Ascend NPU.
 
-Follows the ais_bench API as its source defines it (shared/reference/ascend-ais-bench.md): feeds are a
-Python list of C-contiguous arrays with exactly the dtype and byte size of get_inputs() (ais_bench passes a
+Follows the ais_bench API as its source defines it (docs/ais-bench.md, "2. InferSession" and its generations):
+feeds are a Python list of C-contiguous arrays with exactly the dtype and byte size of get_inputs() (ais_bench passes a
 host pointer and a byte count, it never casts); the mode string matches how the .om was built; device times
 come from summary() (2023-11 on) or sumary() (before), whose exec_time_list holds (start, end) pairs or durations;
 the summary is reset with reset_summaryinfo() or, before 2023-11, reset_sumaryinfo().

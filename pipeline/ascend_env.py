@@ -200,7 +200,8 @@ def _bare(name: str) -> str:
 
 
 def needs_board_query(name: str) -> bool:
-    """A3 nodes list every chip as `Ascend910`; 950 needs the board query too (ascend-atc.md section 4)."""
+    """A3 nodes list every chip as `Ascend910`; 950 needs the board query too (docs/atc.md,
+    "9. --soc_version and npu-smi")."""
     return name.replace(" ", "") == "Ascend910" or _bare(name).startswith("950")
 
 

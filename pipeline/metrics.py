@@ -1,4 +1,4 @@
-"""Accuracy metrics in float64 (see shared/reference/accuracy-metrics.md for the definitions)."""
+"""Accuracy metrics in float64 (definitions and sources: docs/metrics.md)."""
 from __future__ import annotations
 
 import numpy as np

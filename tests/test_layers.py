@@ -39,3 +39,10 @@ def test_the_contract_names_every_top_level_package():
     assert packages <= named, f"packages missing from the layers in .importlinter: {sorted(packages - named)}"
     assert named <= packages and roots <= packages, f"the contract names packages that do not exist: " \
         f"{sorted((named | roots) - packages)}"
+
+
+def test_nothing_points_outside_the_repository():
+    """The facts the code relies on live in docs/ with their upstream sources, never in a folder users lack."""
+    out = subprocess.run(["git", "grep", "-n", "-I", "-E", r"shared/reference|\.\./shared/", "--", ".",
+                          ":!results", ":!logs", ":!tests/test_layers.py"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1 and not out.stdout, out.stdout
