@@ -32,7 +32,7 @@ export WEIGHTS INPUT DEVICE SOC BACKEND ENGINE WORKERS FAIL_ON_BAD SOAK
 ifneq ($(filter-out $(CONFIGS),$(MODEL)),)
 $(error unknown MODEL '$(filter-out $(CONFIGS),$(MODEL))'; available models: $(CONFIGS))
 endif
-BACKENDS  := auto om ort-fp16 ort-cpu
+BACKENDS  := $(shell python3 -m convert.backends names)
 ifeq ($(filter $(BACKEND),$(BACKENDS)),)
 $(error unknown BACKEND '$(BACKEND)'; use one of: $(BACKENDS))
 endif
@@ -99,9 +99,9 @@ $(B)/%/weights.stamp: FORCE | $(ENV_STAMP)
 	@$(PY) -m pipeline.stamp weights --model $*
 $(B)/%/input.stamp: FORCE | $(ENV_STAMP)
 	@$(PY) -m pipeline.stamp input --model $*
-# what BACKEND means on this machine (pipeline/backends.py): changes when ATC, SOC, an NPU or ais_bench come or go
+# what BACKEND means on this machine (convert/backends/): changes when ATC, SOC, an NPU, ais_bench or a provider come or go
 $(B)/%/plan-$(BACKEND).stamp: FORCE | $(ENV_STAMP)
-	@$(PY) -m pipeline.backends stamp --model $* --backend $(BACKEND)
+	@$(PY) -m convert.backends stamp --model $* --backend $(BACKEND)
 
 # per-stage slices of the config: editing compare.gate reruns compare only
 $(B)/%/cfg.stamp: $$(call cfgfile,$$*) $(PIPE_SRC) | $(ENV_STAMP)

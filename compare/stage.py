@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.targets import reference_runner
-from pipeline import backends, provenance
+from convert import backends
+from convert.backends import reference_runner
+from pipeline import provenance
 from pipeline.atomic import write_json
 from pipeline.config import gate_for, load_config, load_family
 from pipeline.errors import ConfigError, PipelineError
@@ -167,7 +168,7 @@ def compare(model: str, backend: str = 'auto', engine: str = 'local', workers: s
     report = provenance.header("compare", cfg)
     report.update({
         "verdict": "PASSED" if all_pass else "FAILED",
-        "target": {"backend": backend, "device": out_manifest.get("device", backends.get(backend).device_kind),
+        "target": {"backend": backend, "device": out_manifest.get("device", backends.get(backend).device_id()),
                    **({"runner": out_manifest["runner"]} if "runner" in out_manifest else {})},
         "reference": ref_desc, "weights": weights_meta,
         "inputs_manifest_sha256": provenance.sha256_file(paths.inputs / "manifest.json"),

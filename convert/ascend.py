@@ -59,7 +59,7 @@ def build_om(cfg, paths, soc_arg, log) -> dict:
     toolkit = ascend_env.find_toolkit()
     atc = ascend_env.find_atc(toolkit)
     if not atc["path"]:
-        from .backends import CANN_HINT
+        from .backends.om import CANN_HINT
 
         raise PipelineError(f"BACKEND=om needs ATC, which is not on PATH: {CANN_HINT}")
     cann = atc.get("version") or toolkit.get("version")

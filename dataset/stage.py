@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from convert.targets import load_target
-from pipeline import backends
+from convert import backends
+from convert.backends import load_target
 from pipeline import provenance
 from pipeline.atomic import write_json
 from pipeline.config import load_config, load_family

@@ -192,37 +192,25 @@ class AisBenchRunner(Runner):
         rec = self.records[batch]
         return batch, rec.get("mode", "static"), rec.get("gears", [])
 
-    def _feeds(self, sess, feeds: dict, mode: str, gears: list) -> list[np.ndarray]:
-        """A list in descriptor order, each cast on the host to the descriptor dtype, C-contiguous, checked."""
+    def _feeds(self, sess, feeds: dict, mode: str) -> list[np.ndarray]:
+        """A list in descriptor order, each cast on the host to the descriptor dtype, C-contiguous; names, ranks,
+        dims and gears were checked by Runner.check_feeds (with unsupported() below)."""
         all_descs = list(sess.get_inputs())
         descs = [d for d in all_descs if not _hidden(d.name, self.cfg_inputs)]
         if not descs:
             raise PipelineError(f"no .om input matches the config inputs {sorted(self.cfg_inputs or [])} (the .om "
                                 f"has {[d.name for d in all_descs]}); make inputs[].name match the ONNX export")
-        missing = [d.name for d in descs if d.name not in feeds]
-        if missing:
-            raise PipelineError(f"the .om needs input(s) {missing}, got {sorted(feeds)}; check the config inputs")
-        arrays, dyn = [], []
+        arrays = []
         for d in descs:
             arr = np.ascontiguousarray(feeds[d.name], dtype=numpy_dtype(d.datatype))
-            want = [int(s) for s in d.shape]
             if mode == "static":
                 size = int(getattr(d, "size", 0) or 0)
                 if size and arr.nbytes != size:
+                    want = [int(s) for s in d.shape]
                     raise PipelineError(f"input {d.name}: {arr.nbytes} bytes for shape {list(arr.shape)} "
                                         f"{arr.dtype}, the .om expects {size} bytes (shape {want} {arr.dtype}); "
                                         "feed that shape or rebuild with `make om BACKEND=om`")
-            elif mode in ("dymbatch", "dymdims"):
-                if arr.ndim != len(want) or any(w >= 0 and w != g for w, g in zip(want, arr.shape)):
-                    raise PipelineError(f"input {d.name}: shape {list(arr.shape)} does not fit the .om's {want}")
-                dyn += [g for w, g in zip(want, arr.shape) if w < 0]
             arrays.append(arr)
-        if mode == "dymbatch" and gears and dyn and dyn[0] not in gears:
-            raise PipelineError(f"batch {dyn[0]} is not a gear of this dynamic-batch .om {gears}; use one of them "
-                                "(pad the batch) or add it to atc.batch_sizes and rerun `make om`")
-        if mode == "dymdims" and gears and dyn not in [list(g) for g in gears]:
-            raise PipelineError(f"dynamic dims {dyn} match no gear of this .om {gears}; pad the input to a gear or "
-                                "add the gear to atc.dynamic_dims and rerun `make om`")
         return arrays
 
     def _infer(self, feeds):
@@ -230,7 +218,7 @@ class AisBenchRunner(Runner):
         if mode not in MODES:
             raise PipelineError(f"the om target records mode '{mode}'; rerun `make om BACKEND=om`")
         sess = self._session(key)
-        arrays = self._feeds(sess, feeds, mode, gears)
+        arrays = self._feeds(sess, feeds, mode)
         api = self.apis[key]
         if api["reset"]:
             getattr(sess, api["reset"])()
@@ -287,6 +275,9 @@ class AisBenchRunner(Runner):
         sess = self._session(next(iter(self.oms)))
         return [TensorMeta(d.name, numpy_dtype(d.datatype), [None if int(s) < 0 else int(s) for s in d.shape])
                 for d in sess.get_inputs() if not _hidden(d.name, self.cfg_inputs)]   # hides ATC's gear input
+
+    unsupported_fix = ("use infer.batch_size from the built sizes (pipeline.batching pads or splits rows to them), or "
+                       "add the batch to atc.batch_sizes (dims: atc.dynamic_dims) and rerun `make om BACKEND=om`")
 
     def unsupported(self, shapes: dict) -> str | None:
         batch = int(next(iter(shapes.values()))[0])

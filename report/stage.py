@@ -11,7 +11,7 @@ import numpy as np
 from pipeline import SCHEMA_VERSION
 from pipeline.atomic import write_text
 from pipeline.contract import EMBEDDING_ARRAY, FRAME_ARRAY, FRAME_HOP_KEY
-from pipeline import backends
+from convert import backends
 from pipeline.config import available_models, default_models, load_config, load_family
 from pipeline.paths import ModelPaths
 from pipeline import stages
@@ -132,7 +132,8 @@ def publish_card(cfg, paths, docs) -> Path:
     """Model-card section with the evidence as text, and the proof files in the layout platforms expect."""
     acc, perf = docs["accuracy_eval"], docs["performance_eval"]
     backend = (acc or {}).get("target", {}).get("backend") or (perf or {}).get("backend")
-    on_npu = backend in backends.REGISTRY and backends.get(backend).device_kind == "npu"
+    b = backends.REGISTRY.get(backend or "")
+    on_npu = bool(b and b.measures_npu)
     out = paths.results / "publish"
     front = ["---", "hardware: NPU", "tags:", "  - NPU", "  - Ascend", "  - ascend-npu",
              f"evidence_backend: {backend or 'none'}", f"evidence_device: {'npu' if on_npu else 'cpu'}", "---", "",

@@ -30,14 +30,10 @@ def cell(doc, file: str, pointer: str, fmt: str = "{:.3g}") -> str:
 
 
 def device_label(backend: str | None, device: str | None) -> str:
-    from pipeline import backends
+    from convert import backends
 
     b = backends.REGISTRY.get(backend or "")
-    if b is None:
-        return "not run"
-    if b.device_kind == "npu":
-        return f"Ascend NPU ({device}; {b.what})"
-    return f"CPU ({backend}: {b.what}; not an NPU)"
+    return "not run" if b is None else b.device_label(device)
 
 
 def environment(docs: dict, env_info: dict | None) -> list[str]:

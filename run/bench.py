@@ -17,7 +17,7 @@ from pipeline.log import StageLog
 from pipeline.paths import ModelPaths
 from pipeline import stages
 
-from convert.targets import open_runner
+from convert.backends import open_runner
 
 
 class PeakRss:

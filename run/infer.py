@@ -16,9 +16,9 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from convert.targets import load_target, open_runner
+from convert import backends
 from pipeline.contract import DURATION_KEY
-from pipeline import backends, provenance
+from pipeline import provenance
 from pipeline.atomic import _default, atomic_path, remove_orphans, write_json
 from pipeline.config import load_config, load_family
 from pipeline.errors import ConfigError, InputError, PipelineError, cli
@@ -142,7 +142,7 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
     paths = ModelPaths(cfg["name"])
     family = load_family(cfg["family"])
     backend, notes = backends.run_backend(cfg, backend)
-    target = load_target(cfg, backend)
+    target = backends.load_target(cfg, backend)
     weights_meta = load_weights_meta(paths, cfg)
     log = StageLog(paths.logs / f"infer-{backend}.log")
     for note in notes:
@@ -182,7 +182,7 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
                                                    journal, progress, batch_size, workers, device, log)
         t_start, load_s = t_load, None
     else:
-        runner = open_runner(cfg, backend, device)
+        runner = backends.open_runner(cfg, backend, device)
         with runner:
             t_start = time.perf_counter()
             load_s = t_start - t_load

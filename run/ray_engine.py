@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from pipeline import backends
+from convert import backends
 from pipeline.errors import ConfigError, ToolchainError
 from pipeline.paths import ROOT
 
@@ -54,12 +54,12 @@ def check_address(address: str) -> None:
 
 
 def pool_size(workers_arg: str, backend: str, npus: int, cpus: int) -> int:
-    """WORKERS=: default every NPU (om), else one per 2 CPUs."""
-    on_npu = backends.get(backend).device_kind == "npu"
+    """WORKERS=: default every NPU (a backend whose actor holds one), else one per 2 CPUs."""
+    on_npu = "NPU" in backends.get(backend).ray_resources(1).get("resources", {})
     if workers_arg in ("", None):
         n = npus if on_npu else max(1, cpus // 2)
         if on_npu and n == 0:
-            raise ToolchainError("ENGINE=ray BACKEND=om found no NPU in the Ray cluster; check `npu-smi info` and "
+            raise ToolchainError(f"ENGINE=ray BACKEND={backend} found no NPU in the Ray cluster; check `npu-smi info` and "
                                  "that Ray sees the chips (`ray status` lists NPU)")
         return n
     if not str(workers_arg).isdigit() or int(workers_arg) < 1:
@@ -84,13 +84,13 @@ def input_meta_from_target(cfg: dict, backend: str):
     from pipeline.paths import ModelPaths
     from pipeline.runners import TensorMeta
 
-    if backends.get(backend).device_kind == "npu":
+    path = backends.get(backend).onnx_for_host(ModelPaths(cfg["name"]))
+    if path is None:            # no ONNX of its own (the .om): the config's inputs with atc.fixed_dims
         fixed = cfg["atc"]["fixed_dims"]
         return [TensorMeta(t["name"], t["dtype"], [None if i == 0 else (d if isinstance(d, int) else fixed.get(d))
                                                     for i, d in enumerate(t["shape"])]) for t in cfg["inputs"]]
     import onnx
 
-    path = ModelPaths(cfg["name"]).onnx_fp16 if backend == backends.EMULATION else ModelPaths(cfg["name"]).onnx_sim
     graph = onnx.load(str(path), load_external_data=False).graph
     by_name = {t["name"]: t for t in cfg["inputs"]}
     return [TensorMeta(i.name, by_name.get(i.name, {}).get("dtype", "float32"),
@@ -156,7 +156,6 @@ class _Infer:
     """map_batches actor: one runner, opened once, runs whole blocks."""
 
     def __init__(self, cfg_path: str, backend: str, work: str, batch_size: int, threads: int):
-        from convert.targets import load_target
         from pipeline.config import load_config, load_family
 
         from .engine import BlockWorker
@@ -164,15 +163,15 @@ class _Infer:
         cfg = load_config(cfg_path)
         if threads and not cfg["onnxruntime"]["intra_op_threads"]:
             cfg["onnxruntime"]["intra_op_threads"] = threads
-        on_npu = backends.get(backend).device_kind == "npu"
+        b = backends.get(backend)
         self.visible = os.environ.get("ASCEND_RT_VISIBLE_DEVICES")
         self.device = 0                      # Ray sets ASCEND_RT_VISIBLE_DEVICES: the actor's NPU is logical 0
-        runner = backends.open_target_runner(backend, cfg, load_target(cfg, backend), self.device)
+        runner = b.open_runner(cfg, backends.load_target(cfg, backend), self.device)
         runner.activate()
         meta = json.loads((Path(work).parent.parent / "weights.json").read_text())
         self.worker = BlockWorker(cfg, load_family(cfg["family"]), runner, meta, Path(work), batch_size)
         self.info = {"pid": os.getpid(), "ascend_rt_visible_devices": self.visible, "device_id": self.device,
-                     "on_npu": on_npu, "runner_device": runner.device, "runner": runner.describe()}
+                     "on_npu": b.measures_npu, "runner_device": runner.device, "runner": runner.describe()}
         marker = Path(work) / "actors" / f"{os.getpid()}.json"
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(self.info))
@@ -195,8 +194,10 @@ def run_ray(cfg, backend, target, meta, work, sources, blocks, todo, journal, pr
     with cluster() as (ray, address, init_s):
         npus = int(ray.cluster_resources().get("NPU", 0))
         n = pool_size(workers_arg, backend, npus, cpus)
-        on_npu = backends.get(backend).device_kind == "npu"
+        b = backends.get(backend)
         threads = max(1, cpus // n)
+        share = b.ray_resources(threads)             # what one inference actor of this backend reserves
+        on_npu = "NPU" in share.get("resources", {})
         log(f"infer | {cfg['name']} on {backend} with ENGINE=ray: {n} worker(s)"
             + (", one NPU each (Ray sets ASCEND_RT_VISIBLE_DEVICES)" if on_npu else f", {threads} thread(s) each")
             + f", {len(todo)} block(s) of {batch_size}; cluster up in {init_s:.1f} s")
@@ -206,13 +207,13 @@ def run_ray(cfg, backend, target, meta, work, sources, blocks, todo, journal, pr
         ds = ds.map_batches(_Prepare, batch_size=group, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
                             fn_constructor_kwargs={"cfg_path": cfg["_path"], "backend": backend,
                                                    "sources": [str(s) for s in sources]}, batch_format="numpy")
-        remote = {"resources": {"NPU": 1}} if on_npu else {}
+        remote = {"resources": share["resources"]} if share.get("resources") else {}
         if os.environ.get("RAY_ACCELERATOR_TYPE"):        # an .om runs on one chip type: place actors on it
             remote["accelerator_type"] = os.environ["RAY_ACCELERATOR_TYPE"]
         ds = ds.map_batches(_Infer, batch_size=group, compute=ray.data.ActorPoolStrategy(size=n),
-                            num_cpus=0 if on_npu else 1,
+                            num_cpus=share["num_cpus"],
                             fn_constructor_kwargs={"cfg_path": cfg["_path"], "backend": backend, "work": str(work),
-                                                   "batch_size": batch_size, "threads": 0 if on_npu else threads},
+                                                   "batch_size": batch_size, "threads": share["runner_threads"]},
                             batch_format="numpy", **remote)
         actors = {}
         for row in ds.iter_rows():
@@ -225,10 +226,7 @@ def run_ray(cfg, backend, target, meta, work, sources, blocks, todo, journal, pr
             progress.update(len(entry["records"]))
         info = {"engine": "ray", "ray_version": ray.__version__, "workers": n, "cluster_npus": npus,
                 "address": address, "cluster_start_s": init_s, "actors": list(actors.values())}
-        if backends.get(backend).device_kind == "npu":
-            device_label = f"npu:{'+'.join(sorted(str(a.get('ascend_rt_visible_devices')) for a in actors.values()))}"
-        else:
-            device_label = "cpu"
+        device_label = b.device_id("+".join(sorted(str(a.get("ascend_rt_visible_devices")) for a in actors.values())))
         first = next(iter(actors.values()), {})
         runner_desc = {**first.get("runner", {"backend": backend}), "engine": "ray"}
         return runner_desc, device_label, info
@@ -238,7 +236,7 @@ class _Reference:
     """map_batches actor for make compare: the onnxruntime fp32 reference, opened once, runs item chunks."""
 
     def __init__(self, cfg_path: str, threads: int, pad: str):
-        from convert.targets import reference_runner
+        from convert.backends import reference_runner
         from pipeline.config import load_config
 
         cfg = load_config(cfg_path)
@@ -276,7 +274,7 @@ def run_reference_ray(cfg, paths, manifest, chunks, pad, workers_arg, log) -> di
                             fn_constructor_kwargs={"cfg_path": cfg["_path"], "threads": max(1, cpus // n), "pad": pad})
         for _ in ds.iter_rows():
             pass
-        return {"backend": backends.REFERENCE, "device": "cpu", "engine": "ray", "workers": n,
+        return {"backend": backends.REFERENCE, "device": backends.reference().device_id(), "engine": "ray", "workers": n,
                 "ray_version": ray.__version__}
 
 

@@ -99,17 +99,19 @@ def test_both_timing_forms():
     assert device_ms(double.Summary([])) is None and device_ms(object()) is None
 
 
+UNSUPPORTED_FIX = AisBenchRunner.unsupported_fix
+
+
 def test_missing_batch_and_static_size_errors(per_batch):
     cfg, target = per_batch
     with AisBenchRunner(target, cfg=cfg) as r:
         with pytest.raises(PipelineError) as e:
             r.infer({"x": np.zeros((4, 3, 4, 4), np.float32)})
-        assert str(e.value) == ("no .om for batch 4; built batch sizes: [1, 2]; add 4 to atc.batch_sizes and rerun "
-                                "`make om`, or use infer.batch_size from that list")
+        assert str(e.value) == ("om cannot run these inputs: no .om for batch 4 (built: [1, 2]); " + UNSUPPORTED_FIX)
         with pytest.raises(PipelineError) as e:
             r.infer({"x": np.zeros((1, 3, 4, 5), np.float32)})
-        assert str(e.value) == ("input x: 240 bytes for shape [1, 3, 4, 5] float32, the .om expects 192 bytes "
-                                "(shape [1, 3, 4, 4] float32); feed that shape or rebuild with `make om BACKEND=om`")
+        assert str(e.value) == ("om cannot run these inputs: input x [1, 3, 4, 5] does not fit the .om's [1, 3, 4, 4]; "
+                                + UNSUPPORTED_FIX)      # the shared feed check (Runner.check_feeds) asks unsupported()
         assert r.unsupported({"x": [4, 3, 4, 4]}) == "no .om for batch 4 (built: [1, 2])"
         assert r.unsupported({"x": [1, 3, 8, 8]}) == "input x [1, 3, 8, 8] does not fit the .om's [1, 3, 4, 4]"
         assert r.unsupported({"x": [2, 3, 4, 4]}) is None
@@ -137,8 +139,8 @@ def test_dymbatch_one_om_and_gears(tmp_path):
         assert out["embedding"].shape == (4, 3)
         with pytest.raises(PipelineError) as e:
             r.infer({"x": np.ones((3, 3, 4, 4), np.float32)})
-        assert str(e.value) == ("batch 3 is not a gear of this dynamic-batch .om [1, 4, 8]; use one of them (pad the "
-                                "batch) or add it to atc.batch_sizes and rerun `make om`")
+        assert str(e.value) == ("om cannot run these inputs: batch 3 is not a gear of the .om ([1, 4, 8]); "
+                                + UNSUPPORTED_FIX)
         assert r.unsupported({"x": [3, 3, 4, 4]}) == "batch 3 is not a gear of the .om ([1, 4, 8])"
     assert [c[1:] for c in double.FakeInferSession.calls if c[0] == "infer"] == [("dymbatch", [[4, 3, 4, 4]])]
 
@@ -151,8 +153,8 @@ def test_dymdims_per_batch_om(tmp_path):
         assert r.get_input_metadata()[0].shape == [1, 1, None, 8]
         x = np.arange(21 * 8, dtype=np.float32).reshape(1, 1, 21, 8)
         np.testing.assert_allclose(r.infer({"x": x})["embedding"], x.mean(axis=(2, 3)), rtol=1e-6)
-        with pytest.raises(PipelineError, match=r"^dynamic dims \[15\] match no gear of this .om \[\[11\], \[21\]\]; "
-                                                r"pad the input to a gear"):
+        with pytest.raises(PipelineError, match=r"^om cannot run these inputs: dims \[15\] match no gear of the .om "
+                                                r"\(\[\[11\], \[21\]\]\); use infer.batch_size"):
             r.infer({"x": np.zeros((1, 1, 15, 8), np.float32)})
         assert r.unsupported({"x": [1, 1, 15, 8]}) == "dims [15] match no gear of the .om ([[11], [21]])"
         assert r.unsupported({"x": [1, 1, 11, 8]}) is None
@@ -334,8 +336,8 @@ def test_every_generation_runs_every_accepted_size(tmp_path, monkeypatch, genera
         with pytest.raises(PipelineError) as e:                              # a size it has not built: one line
             r.infer({"x": np.zeros((3, 3, 4, 4), np.float32)})
         assert "\n" not in str(e.value) and str(e.value).startswith(
-            "no .om for batch 3; built batch sizes: [1, 2, 4]" if kind == "static" else
-            "batch 3 is not a gear of this dynamic-batch .om [8, 1, 4]")
+            "om cannot run these inputs: no .om for batch 3 (built: [1, 2, 4])" if kind == "static" else
+            "om cannot run these inputs: batch 3 is not a gear of the .om ([8, 1, 4])")
     calls = double.FakeInferSession.calls
     infers = [c[1:] for c in calls if c[0] == "infer"]
     assert [s[0][0] for _, s in infers] == sizes

@@ -11,7 +11,7 @@ import pytest
 
 import ais_bench_double as double
 from pipeline import ascend_env as ae
-from pipeline import doctor
+from convert import doctor
 
 DATA = Path(__file__).parent / "data"
 CN = "convnext_base_clip_laion2b"

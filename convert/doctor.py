@@ -8,11 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from . import ascend_env as ae
-from . import provenance
-from .atomic import write_json
-from .errors import cli
-from .paths import ROOT
+from pipeline import ascend_env as ae
+from pipeline import provenance
+from pipeline import stages
+from pipeline.atomic import write_json
+from pipeline.errors import cli
+from pipeline.paths import ROOT
 
 def collect() -> dict:
     toolkit = ae.find_toolkit()
@@ -75,9 +76,10 @@ def report_lines(env: dict) -> list[str]:
 
 
 def stage_lines(models: list[str], requested: str) -> tuple[list[str], dict]:
-    """What each stage does with BACKEND=requested for each model: the stages' own function (pipeline.backends)."""
+    """What each stage does with BACKEND=requested for each model: the stages' own function (convert.backends)."""
+    from pipeline.config import load_config
+
     from . import backends
-    from .config import load_config
 
     lines, plans = [], {}
     for name in models:
@@ -88,27 +90,39 @@ def stage_lines(models: list[str], requested: str) -> tuple[list[str], dict]:
     return lines, plans
 
 
-@cli
-def main(argv=None) -> int:
-    import argparse
+def backend_lines() -> tuple[list[str], dict]:
+    """Every registered backend: can this machine build it, run it, and if not, why (one line each)."""
+    from . import backends
 
-    from .config import default_models
+    m = backends.probe()
+    lines, table = [], {}
+    for name, b in backends.REGISTRY.items():
+        can_build, can_run, why = b.availability(m)
+        table[name] = {"device_kind": b.device_kind, "can_build": can_build, "can_run": can_run, "why_not": why}
+        state = "builds and runs here" if can_build and can_run else "builds here, runs elsewhere" if can_build \
+            else "unavailable here"
+        lines.append(f"doctor | backend {name} ({b.device_kind}): {state}" + (f": {why}" if why else ""))
+    return lines, {"backends": table, "onnxruntime": {"providers": m.ort_providers, "error": m.ort_error}}
 
-    ap = argparse.ArgumentParser(prog="python -m pipeline.doctor")
-    ap.add_argument("--model", nargs="*", default=None)
-    ap.add_argument("--backend", default=os.environ.get("BACKEND", "auto"))
-    args = ap.parse_args(argv)
+
+def doctor(models: list | None = None, backend: str = "auto") -> int:
+    """What Ascend software is installed, what each backend and stage does here (the `make doctor` stage)."""
+    from pipeline.config import default_models
+
     env = collect()
     for line in report_lines(env):
         print(line)
     missing = missing_lines(env)
     for line in missing:
         print(line)
-    lines, plans = stage_lines(args.model or default_models(), args.backend)
+    blines, bfacts = backend_lines()
+    for line in blines:
+        print(line)
+    lines, plans = stage_lines(models or default_models(), backend)
     for line in lines:
         print(line)
     report = provenance.header("doctor")
-    report.update({**env, "missing": missing, "stage_plans": {"backend": args.backend, "models": plans},
+    report.update({**env, **bfacts, "missing": missing, "stage_plans": {"backend": backend, "models": plans},
                    "ready_for_om": bool(env["atc"]["path"]),
                    "ready_for_npu": bool(env["npu"]["chips"] and env["ais_bench"]["importable"])})
     out = Path(os.environ.get("PIPELINE_RESULTS_DIR") or ROOT / "results") / "env_info.json"
@@ -116,6 +130,10 @@ def main(argv=None) -> int:
     print(f"doctor | {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0
 
+
+@cli
+def main(argv=None) -> int:
+    return doctor(**stages.parse("doctor", argv))
 
 if __name__ == "__main__":
     sys.exit(main())
