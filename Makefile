@@ -27,7 +27,8 @@ ZOO_LIST  ?= configs/zoo.yaml
 # generated configs (build/configs/: `make zoo` writes them there) run by name like the others
 ZOO_CFG   := $(B)/configs
 CONFIGS   := $(sort $(DEFAULTS) $(basename $(notdir $(wildcard configs/more/*.yaml $(ZOO_CFG)/*.yaml))))
-export WEIGHTS INPUT DEVICE SOC BACKEND ENGINE WORKERS FAIL_ON_BAD SOAK
+HEAVY     ?=
+export WEIGHTS INPUT DEVICE SOC BACKEND ENGINE WORKERS FAIL_ON_BAD SOAK HEAVY
 
 ifneq ($(filter-out $(CONFIGS),$(MODEL)),)
 $(error unknown MODEL '$(filter-out $(CONFIGS),$(MODEL))'; available models: $(CONFIGS))
@@ -53,6 +54,8 @@ FAMILY_SRC = $(wildcard models/$(call family,$(1))/*.py models/$(call family,$(1
 
 # stage files are named by the BACKEND asked for; the plan stamp reruns them when its meaning changes here
 BK := $(BACKEND)
+# HEAVY=1: make bench runs the config's bench.heavy set too (long clips, big sizes); its own done-file
+HV := $(if $(filter 1,$(HEAVY)),-heavy,)
 # the stage rules come from the one stage list, pipeline/stages.py (system python3: no environment needed)
 STAGES_MK := $(B)/stages.mk
 $(STAGES_MK): pipeline/stages.py
@@ -71,6 +74,7 @@ help:
 	@echo "           BACKEND=<$(BACKENDS)> (make doctor says what auto does on this machine)"
 	@echo "           WEIGHTS=<file or folder> INPUT=<file or folder> DEVICE=<npu id> SOC=<soc_version>"
 	@echo "           COUNT=<inputs for make dataset, default 1000> PRECISION_SAMPLES=<saved inputs make precision uses, default 2>"
+	@echo "           HEAVY=1 (make bench: also the config's bench.heavy set; make evidence sets it)"
 	@echo "           ENV=<full|host> (host: no torch, for an Ascend host)"
 	@echo "           ENGINE=<local|ray> WORKERS=<actors> RAY_ADDRESS=<head:port> FAIL_ON_BAD=1 (infer, compare, dataset)"
 	@echo "           ZOO=<timm names or zoo entries> ZOO_LIST=<yaml, default configs/zoo.yaml> (make zoo)"
@@ -117,11 +121,11 @@ MORE_EVIDENCE := crepe_full resnet50_a1_in1k efficientnet_b0_ra_in1k mobilenetv3
                  vit_small_patch16_224_augreg_in21k_ft_in1k swin_tiny_patch4_window7_224_ms_in1k
 EVIDENCE_DATASETS ?= cnn8rnn_audioset_sed:1000:10000 convnext_base_clip_laion2b:200:0
 evidence: | $(ENV_STAMP)
-	$(MAKE) all MODEL="$(DEFAULTS)"
-	$(MAKE) all MODEL=crepe_full
+	$(MAKE) all MODEL="$(DEFAULTS)" HEAVY=1
+	$(MAKE) all MODEL=crepe_full HEAVY=1
 	@for d in $(EVIDENCE_DATASETS); do IFS=: read m c s <<< "$$d"; \
 	  $(MAKE) dataset MODEL=$$m COUNT=$$c SOAK=$$s ENGINE=ray || exit 1; done
-	$(MAKE) all MODEL="$(filter-out crepe_full,$(MORE_EVIDENCE))"
+	$(MAKE) all MODEL="$(filter-out crepe_full,$(MORE_EVIDENCE))" HEAVY=1
 	$(MAKE) doctor preflight precision MODEL="$(DEFAULTS)"
 	$(MAKE) zoo
 	$(MAKE) report PUBLISH=1 MODEL="$(DEFAULTS) $(MORE_EVIDENCE)"

@@ -104,6 +104,15 @@ SCHEMA = {
         # run `make infer`'s whole path (files -> preprocess -> batches -> outputs) over this many generated
         # sources at infer.batch_size and report its throughput against the model-only figure; 0 = skip
         "pipeline_sources": Opt(int, 0),
+        # make bench HEAVY=1 (make evidence): these keys, where set (non-empty, non-zero), replace the ones above;
+        # the default set stays light so that a first `make all` is quick
+        "heavy": Opt({
+            "batch_sizes": Opt(ListOf(int), []),
+            "shapes": Opt(ListOf(MapOf(ListOf(int))), []),
+            "warmup": Opt(int, 0),
+            "runs": Opt(int, 0),
+            "pipeline_sources": Opt(int, 0),
+        }, {}),
     }, {}),
 }
 _ = NUMBER

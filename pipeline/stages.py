@@ -39,6 +39,7 @@ OPTIONS = {o.name: o for o in (
     Option("soak", "--soak", env="SOAK", default="0", kind="int", help="extra inputs of a soak run"),
     Option("max_samples", "--max-samples", env="PRECISION_SAMPLES", default="2", kind="int", make="$(PRECISION_SAMPLES)",
            help="saved inputs the doctor compares"),
+    Option("heavy", "--heavy", env="HEAVY", kind="flag", help="the config's bench.heavy set (long clips, big sizes)"),
     Option("onnx", "--onnx", help="check another ONNX file (default: build/<model>/model.sim.onnx)"),
     Option("publish", "--publish", env="PUBLISH", kind="flag", help="add the model-card section"),
     Option("zoo_list", "--list", env="ZOO_LIST", default="configs/zoo.yaml", make="$(ZOO_LIST)", help="the zoo list"),
@@ -62,6 +63,7 @@ class Stage:
     family: bool = False       # runs the family's code (models/<family>/)
     per_backend: bool = False  # its done-file is named by BACKEND
     zoo: bool = False          # make zoo runs it for every model
+    variant: str = ""          # a make variable that names another done-file (bench: $(HV) for HEAVY=1)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -81,9 +83,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("precision", "precision", "where fp16 loses precision, and the keep_dtype fix",
           ("model", "max_samples"), result="precision_report.json", needs=("export",), code=("precision",),
           kind="measure", zoo=True),
-    Stage("bench", "run.bench", "latency/throughput per batch size + PyTorch eager", ("model", "backend", "device"),
-          result="performance_eval.json", needs=("om",), code=("run", "convert/backends"), slice=True, family=True, per_backend=True,
-          zoo=True),
+    Stage("bench", "run.bench", "latency/throughput per batch size + PyTorch eager (HEAVY=1: bench.heavy too)",
+          ("model", "backend", "device", "heavy"),
+          result="performance_eval.json", needs=("om",), code=("run", "convert/backends"), slice=True, family=True,
+          per_backend=True, zoo=True, variant="$(HV)"),
     Stage("dataset", "dataset", "infer + compare over COUNT generated inputs, memory and speed",
           ("model", "backend", "count", "small", "seed", "engine", "soak"), result="dataset_run.json",
           needs=("bench",), code=("dataset",), kind="measure"),
@@ -152,7 +155,7 @@ def done_file(st: Stage) -> str:
     """The file a per-model stage's make rule produces (export: the simplified ONNX)."""
     if st.name == "export":
         return "$(B)/%/model.sim.onnx"
-    return f"$(B)/%/{st.name}-$(BK).done" if st.per_backend else f"$(B)/%/{st.name}.done"
+    return f"$(B)/%/{st.name}-$(BK){st.variant}.done" if st.per_backend else f"$(B)/%/{st.name}{st.variant}.done"
 
 
 def _for_model(path: str, var: str = "$(m)") -> str:

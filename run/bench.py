@@ -145,12 +145,26 @@ def pipeline_throughput(cfg, family, runner, paths, rows, log) -> dict:
     return out
 
 
-def bench(model: str, backend: str = 'auto', device: int = 0) -> int:
+BENCH_KEYS = ("batch_sizes", "warmup", "runs", "torch_baseline", "shapes", "pipeline_sources")
+
+
+def bench_set(cfg: dict, heavy: bool = False) -> tuple[dict, str]:
+    """The settings a bench run uses and their name: the config's bench keys (the default set, light enough for a
+    quick `make all`), or with heavy (make bench HEAVY=1, make evidence) the non-empty keys of bench.heavy over them
+    (long clips, big frame counts). A config without a heavy set runs its default set either way."""
+    bcfg = cfg["bench"]
+    out = {k: bcfg[k] for k in BENCH_KEYS}
+    extra = {k: v for k, v in (bcfg["heavy"] if heavy and "heavy" in bcfg else {}).items() if v}
+    out.update(extra)
+    return out, "heavy" if extra else "default"
+
+
+def bench(model: str, backend: str = 'auto', device: int = 0, heavy: bool = False) -> int:
     """latency/throughput per batch size + PyTorch eager (the `make bench` stage as a library call)."""
     cfg = load_config(model, stage="bench")
     paths = ModelPaths(cfg["name"])
     family = load_family(cfg["family"])
-    bcfg = cfg["bench"]
+    bcfg, bench_set_name = bench_set(cfg, heavy)
     notes = []
     runner = open_runner(cfg, backend, device, log=notes.append)
     log = StageLog(paths.logs / f"bench-{runner.backend}.log")
@@ -213,6 +227,7 @@ def bench(model: str, backend: str = 'auto', device: int = 0) -> int:
         "weights": json.loads((paths.build / "weights.json").read_text()),
         "method": {
             "warmup_runs": bcfg["warmup"], "measured_runs": bcfg["runs"], "mode": "synchronous, one call at a time",
+            "set": bench_set_name,
             "timer": "time.perf_counter around runner.infer (host end to end: input copy, compute, output copy)",
             "throughput_definition": "batch_size * measured_runs / elapsed wall seconds",
             "ais_bench_throughput_definition": "1000 * batch_size / mean device compute ms (om backend only)",

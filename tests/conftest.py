@@ -19,6 +19,22 @@ def isolated_dirs(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture
+def copy_of(tmp_path_factory):
+    """copy_of(tree): a copy of a make tree (build/, results/, logs/, mtimes kept) in a new temp folder. A test
+    that changes what make sees (WEIGHTS, a failed export) works there, so a module's shared tree stays as the next
+    test expects it (else the next make re-exports and re-benches: minutes)."""
+    import shutil
+
+    def copy(tree: Path) -> Path:
+        dst = tmp_path_factory.mktemp("tree")
+        for d in ("build", "results", "logs"):
+            if (tree / d).exists():
+                shutil.copytree(tree / d, dst / d, symlinks=True)
+        return dst
+    return copy
+
+
 def run_env(tmp_path: Path) -> dict:
     env = dict(os.environ)
     env.update({"PIPELINE_BUILD_DIR": str(tmp_path / "build"), "PIPELINE_RESULTS_DIR": str(tmp_path / "results"),

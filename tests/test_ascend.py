@@ -290,6 +290,7 @@ def test_device_time_both_forms():
     assert ais_runner.numpy_dtype("dtype.float16") == "float16" and ais_runner.numpy_dtype(1) == "float16"
 
 
+@pytest.mark.e2e
 def test_om_backend_end_to_end_through_make(tmp_path, fake_atc):
     """make om/infer/compare/bench BACKEND=om with the fake atc and the ais_bench double standing in for CANN."""
     import json
@@ -315,7 +316,7 @@ def test_om_backend_end_to_end_through_make(tmp_path, fake_atc):
     assert samples and all(s["summary"]["windows"] >= 1 for s in samples)  # static 1001-frame .om: windows
     perf = json.loads((res / "performance_eval.json").read_text())
     assert [(r["batch_size"], r["shapes"]["logmel"][2]) for r in perf["results"]] == [(1, 1001)]
-    assert perf["results"][0]["ais_bench_throughput"] > 0 and len(perf["skipped"]) == 5
+    assert perf["results"][0]["ais_bench_throughput"] > 0 and len(perf["skipped"]) == 3   # 2 shapes x bs 1, 2
     target = json.loads((tmp_path / "build" / SED / "target-om.json").read_text())
     assert target["soc_version"] == "Ascend310P3" and target["oms"][0]["path"].endswith("_bs1_linux_x86_64.om")
 
@@ -339,8 +340,9 @@ def _images(folder: Path, n: int, src: Path) -> Path:
     return folder
 
 
+@pytest.mark.e2e
 def test_clip_any_count_on_static_om_through_make(tmp_path, fake_atc):
-    """Default CLIP config (6 samples, batch 4, .om for batch 1 and 4) with the double, then folders of 1, 5, 101."""
+    """Default CLIP config (6 samples, batch 4, .om for batch 1 and 4) with the double, then folders of 1, 5, 13."""
     import json
     import subprocess
 
@@ -356,7 +358,7 @@ def test_clip_any_count_on_static_om_through_make(tmp_path, fake_atc):
     assert inf["backend"] == "om" and inf["timing"]["items"] == 6 and inf["timing"]["device_runs"] == 2
     assert f"PASSED | {CN}: om (npu:0) against onnxruntime CPU fp32" in p.stdout
     samples = tmp_path / "build" / CN / "samples"
-    for n, runs in ((1, 1), (5, 2), (101, 26)):
+    for n, runs in ((1, 1), (5, 2), (13, 4)):          # 13 = 3 full batches of 4 + 1 on the batch-1 .om
         folder = _images(tmp_path / f"in{n}", n, samples)
         p = subprocess.run([*make, "compare", f"INPUT={folder}"], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=1500)
@@ -369,6 +371,7 @@ def test_clip_any_count_on_static_om_through_make(tmp_path, fake_atc):
         assert len(lines) == n                                     # results count only real items
 
 
+@pytest.mark.e2e
 def test_toolkit_only_host_make_all_builds_om_and_runs_ort_fp16(tmp_path, fake_atc):
     """atc on PATH, SOC given, no NPU and no ais_bench: make om builds the .om and ort-fp16; the run stages say
     in one line that the .om is not run here; make doctor predicted exactly that."""

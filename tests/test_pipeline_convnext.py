@@ -9,6 +9,7 @@ from conftest import ROOT, run_env
 
 MODEL = "convnext_base_clip_laion2b"
 STAGES = ("-m export", "-m convert", "-m run.infer", "-m compare", "-m run.bench")
+pytestmark = pytest.mark.e2e                 # `make all` per module: make check skips it
 
 
 def make(tmp, *args, **env_extra):
@@ -80,9 +81,10 @@ def test_inference_and_performance_reports(run):
     for r in perf["results"]:
         lat = r["latency_ms"]
         assert lat["min"] <= lat["median"] <= lat["p90"] <= lat["p99"] <= lat["max"]
-        assert r["throughput_samples_per_s"] == pytest.approx(r["batch_size"] * 10 / r["elapsed_s"])
+        runs = perf["method"]["measured_runs"]
+        assert r["throughput_samples_per_s"] == pytest.approx(r["batch_size"] * runs / r["elapsed_s"])
         assert r["torch_eager"]["throughput_samples_per_s"] > 0 and r["speedup_vs_torch_eager"] > 0
-    assert perf["infer_pipeline"]["items"] == 100 and "ratio_to_model_only" in perf["infer_pipeline"]
+    assert perf["infer_pipeline"]["items"] == 24 and "ratio_to_model_only" in perf["infer_pipeline"]   # bench.pipeline_sources
 
 
 def test_second_run_does_nothing(run):
@@ -121,18 +123,19 @@ def test_unknown_model_backend_and_missing_atc(run):
     assert "BACKEND=om needs ATC" in line and "set_env.sh" in line
 
 
-def test_wrong_weights_keep_previous_export(run, tmp_path):
+def test_wrong_weights_keep_previous_export(run, tmp_path, copy_of):
     import torch
 
-    onnx_path = run[0] / "build" / MODEL / "model.sim.onnx"
+    tree = copy_of(run[0])                  # the weights stamp changes there, not in the tree the next tests use
+    onnx_path = tree / "build" / MODEL / "model.sim.onnx"
     before = onnx_path.stat().st_mtime_ns
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "pytorch_model.bin")
-    line = one_error_line(make(run[0], "export", f"MODEL={MODEL}", f"WEIGHTS={tmp_path / 'pytorch_model.bin'}"))
+    line = one_error_line(make(tree, "export", f"MODEL={MODEL}", f"WEIGHTS={tmp_path / 'pytorch_model.bin'}"))
     assert "does not fit convnext_base" in line and "missing keys" in line
     assert onnx_path.stat().st_mtime_ns == before
 
 
-def test_known_weights_through_onnx(run, tmp_path):
+def test_known_weights_through_onnx(run, tmp_path, copy_of):
     """A timm model with known weights -> safetensors -> make export/infer (fp32 target) -> same embedding."""
     import torch
     from PIL import Image
@@ -150,7 +153,7 @@ def test_known_weights_through_onnx(run, tmp_path):
     imgs.mkdir()
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(imgs / "a.png")
-    tmp = run[0]
+    tmp = copy_of(run[0])                   # other weights re-export there, not in the tree the next tests use
     p = make(tmp, "infer", f"MODEL={MODEL}", "BACKEND=ort-cpu", f"WEIGHTS={tmp_path}", f"INPUT={imgs}")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "-m export" in p.stdout                                  # the weights changed: export reran

@@ -66,6 +66,7 @@ def local_run(exported, tmp_path_factory):
     return root
 
 
+@pytest.mark.e2e
 def test_results_stream_to_jsonl(local_run):
     res = local_run / "results" / SED
     doc = json.loads((res / "inference_result.json").read_text())
@@ -76,6 +77,7 @@ def test_results_stream_to_jsonl(local_run):
     assert doc["timing"]["real_time_factor"] > 0
 
 
+@pytest.mark.e2e
 def test_killed_driver_resumes_with_identical_outputs(exported, local_run, tmp_path):
     env, root = fresh(exported, tmp_path, "killed")
     argv = [sys.executable, "-m", "run.infer", "--model", SED, "--backend", "ort-cpu", "--input", str(exported / "clips")]
@@ -102,6 +104,7 @@ def test_killed_driver_resumes_with_identical_outputs(exported, local_run, tmp_p
     assert manifest(root) == manifest(local_run)
 
 
+@pytest.mark.e2e
 def test_journal_of_another_config_is_not_reused(exported, tmp_path):
     env, root = fresh(exported, tmp_path, "other")
     work = root / "build" / SED / "infer-work" / "ort-cpu"
@@ -114,6 +117,7 @@ def test_journal_of_another_config_is_not_reused(exported, tmp_path):
     assert "belongs to another run" in p.stdout + p.stderr and "starting clean" in p.stdout + p.stderr
 
 
+@pytest.mark.e2e
 def test_bad_file_among_good_ones_is_listed_not_fatal(exported, tmp_path):
     env, root = fresh(exported, tmp_path, "bad")
     folder = tmp_path / "mixed"
@@ -134,6 +138,7 @@ def test_bad_file_among_good_ones_is_listed_not_fatal(exported, tmp_path):
 ray = pytest.importorskip("ray")
 
 
+@pytest.mark.e2e
 def test_ray_engine_matches_local_and_survives_a_killed_worker(exported, local_run, tmp_path):
     env, root = fresh(exported, tmp_path, "ray")
     env = {**env, "ENGINE": "ray", "WORKERS": "2"}
@@ -167,6 +172,7 @@ def fake_ais_bench(tmp_path: Path) -> str:
     return f"{tmp_path / 'fakepkgs'}:{HERE}"
 
 
+@pytest.mark.e2e
 def test_ray_npu_actors_each_see_their_own_device(exported, tmp_path):
     """Logical NPUs (RAY_NUM_NPUS=2), the fake atc and the ais_bench double: each actor opens device 0."""
     env, root = fresh(exported, tmp_path, "npu")
@@ -199,6 +205,7 @@ def test_ray_npu_actors_each_see_their_own_device(exported, tmp_path):
     ({"WORKERS": "0"}, "WORKERS=0: give a positive number"),
     ({"RAY_ADDRESS": "127.0.0.1:9"}, "RAY_ADDRESS 127.0.0.1:9 is unreachable"),
 ])
+@pytest.mark.e2e
 def test_ray_bad_settings_are_one_line(exported, tmp_path, extra, message):
     env, _ = fresh(exported, tmp_path, "bad-ray")
     clip = sorted((exported / "clips").iterdir())[0]
@@ -209,6 +216,7 @@ def test_ray_bad_settings_are_one_line(exported, tmp_path, extra, message):
     assert "Traceback" not in p.stderr and time.time() - t0 < 60
 
 
+@pytest.mark.e2e
 def test_ray_missing_is_one_line_with_the_install_command(exported, tmp_path):
     env, _ = fresh(exported, tmp_path, "no-ray")
     shadow = tmp_path / "shadow" / "ray"

@@ -260,6 +260,7 @@ open("ran.txt", "a").write(stage + "\\n")
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
 def test_make_reruns_exactly_the_stages_that_read_an_edited_key(tmp_path):
     (tmp_path / "cfgs").mkdir()

@@ -360,6 +360,7 @@ def infer_samples(results_dir) -> list[dict]:
 
 # --- a small classifier end to end: known weights -> export -> infer -> same logits, top-5 labels ---
 
+@pytest.mark.e2e
 def test_small_classifier_export_and_infer(tmp_path):
     import timm
     from safetensors.torch import save_file

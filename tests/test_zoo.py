@@ -58,6 +58,7 @@ def sweep(tmp_path_factory):
             "rows": {r["name"]: r for r in zoo["rows"]}}
 
 
+@pytest.mark.e2e
 def test_interrupt_leaves_no_half_written_row(sweep):
     i = sweep["interrupted"]
     assert i["rc"] == 130, i["stderr"][-2000:]
@@ -67,6 +68,7 @@ def test_interrupt_leaves_no_half_written_row(sweep):
     assert i["files"] == []          # no row for the model it stopped in, no temp file
 
 
+@pytest.mark.e2e
 def test_every_model_reaches_a_verdict(sweep):
     first = sweep["first"]
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
@@ -103,6 +105,7 @@ def test_every_model_reaches_a_verdict(sweep):
     assert len(lines) == 1
 
 
+@pytest.mark.e2e
 def test_table_numbers_link_to_their_json_fields(sweep):
     d, zoo = sweep["dir"] / "results" / "zoo", sweep["zoo"]
     md = (d / "ZOO.md").read_text()
@@ -122,6 +125,7 @@ def test_table_numbers_link_to_their_json_fields(sweep):
     assert zoo["stage"] == "zoo" and zoo["list"]["sha256"] and "none of these figures is an NPU figure" in zoo["disclaimer"]
 
 
+@pytest.mark.e2e
 def test_rerun_skips_rows_whose_inputs_did_not_change(sweep):
     second = sweep["second"]
     assert second.returncode == 0, second.stderr[-2000:]
@@ -129,6 +133,7 @@ def test_rerun_skips_rows_whose_inputs_did_not_change(sweep):
     assert f"make export timeout" in second.stdout            # a timed-out row is tried again
 
 
+@pytest.mark.e2e
 def test_report_includes_the_zoo_table(sweep):
     env = sweep["env"]
     p = subprocess.run([sys.executable, "-m", "report", "--model", "crepe_tiny"], cwd=ROOT, env=env,
