@@ -23,16 +23,21 @@ def isolated_dirs(tmp_path, monkeypatch):
 def copy_of(tmp_path_factory):
     """copy_of(tree): a copy of a make tree (build/, results/, logs/, mtimes kept) in a new temp folder. A test
     that changes what make sees (WEIGHTS, a failed export) works there, so a module's shared tree stays as the next
-    test expects it (else the next make re-exports and re-benches: minutes)."""
+    test expects it (else the next make re-exports and re-benches: minutes). The copies go when the test ends."""
     import shutil
+
+    made = []
 
     def copy(tree: Path) -> Path:
         dst = tmp_path_factory.mktemp("tree")
+        made.append(dst)
         for d in ("build", "results", "logs"):
             if (tree / d).exists():
                 shutil.copytree(tree / d, dst / d, symlinks=True)
         return dst
-    return copy
+    yield copy
+    for dst in made:                     # a convnext tree is ~850 MB
+        shutil.rmtree(dst, ignore_errors=True)
 
 
 def run_env(tmp_path: Path) -> dict:

@@ -253,6 +253,7 @@ class BuiltRunner:
     """A target with built batch sizes and a gear rule of its own (like a static .om set)."""
 
     backend = "fake"
+    unsupported_fix = "rebuild it"
 
     def __init__(self, sizes):
         self.sizes = sizes

@@ -15,20 +15,7 @@ NPU_NO_AIS = Machine(atc="/opt/atc", soc="Ascend310P3", soc_from="npu-smi", npus
 NPU_HOST = Machine(atc="/opt/atc", soc="Ascend310P3", soc_from="npu-smi", npus=8, ais_bench=True, ort_providers=("CPUExecutionProvider",))
 
 
-@pytest.mark.parametrize("machine, build, run, note", [
-    (WORKSTATION, ("ort-fp16",), "ort-fp16", "no Ascend toolchain"),
-    (TOOLKIT_NO_SOC, ("ort-fp16",), "ort-fp16", "no --soc_version is known"),
-    (TOOLKIT, ("om", "ort-fp16"), "ort-fp16", "the .om is built but not run here (no NPU visible)"),
-    (NPU_NO_AIS, ("om", "ort-fp16"), "ort-fp16", "ais_bench does not import"),
-    (NPU_HOST, ("om",), "om", None),
-])
-def test_auto_per_stage_on_each_host(machine, build, run, note):
-    p = plan("auto", machine)
-    assert p.build == build and p.run == run
-    if note:
-        assert any(note in n for n in p.notes), p.notes
-    else:
-        assert not p.notes
+# auto on each kind of host: tests/test_backend_modules.py::test_auto_per_stage_on_each_host
 
 
 def test_explicit_backends_and_their_refusals():

@@ -599,7 +599,7 @@ def test_corrupt_checkpoint_is_one_line(cfg, tmp_path):
 def test_family_contract_hooks(cfg, published, tmp_path):
     """The hooks the stages call, through pipeline.config.load_family: capabilities and the keys they imply,
     labels, the frame matrix from raw outputs, host artifacts, check_onnx(onnx_model, cfg)."""
-    from models import contract
+    from pipeline import contract
     from pipeline.config import load_family
 
     family = load_family(cfg["family"])
