@@ -118,7 +118,7 @@ def test_unknown_model_backend_and_missing_atc(run):
     p = make(run[0], "export", "MODEL=resnet9")
     assert p.returncode != 0 and "unknown MODEL 'resnet9'; available models:" in p.stderr
     p = make(run[0], "om", f"MODEL={MODEL}", "BACKEND=tpu")
-    assert p.returncode != 0 and "unknown BACKEND 'tpu'; use one of: auto om ort-fp16 ort-cpu" in p.stderr
+    assert p.returncode != 0 and "unknown BACKEND 'tpu'; use one of: auto om ort-cann ort-fp16 ort-cpu" in p.stderr
     line = one_error_line(make(run[0], "om", f"MODEL={MODEL}", "BACKEND=om"))
     assert "BACKEND=om needs ATC" in line and "set_env.sh" in line
 

@@ -40,8 +40,11 @@ def sweep(tmp_path_factory):
     lst = d / "zoo.yaml"
     lst.write_text(LIST)
     # 1) Ctrl-C while the first model's export runs
+    # SIGINT handled as a terminal's Ctrl-C would be, even when pytest itself runs as a background job
+    # (a non-interactive shell starts those with SIGINT ignored, and Python keeps an inherited SIG_IGN)
     proc = subprocess.Popen([sys.executable, "-m", "zoo", "--list", str(lst)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (d / "build" / RESNET / "weights.stamp").exists() and time.time() < deadline:
         time.sleep(0.2)
