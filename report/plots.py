@@ -5,14 +5,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.plotting import pyplot as _plt, save_png as _save
+from pipeline.plotting import pyplot, save_png
 
 
 def latency_throughput(perf: dict | None, path: Path) -> Path | None:
     rows = (perf or {}).get("results") or []
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     groups: dict[str, list] = {}
     for r in rows:
@@ -31,14 +31,14 @@ def latency_throughput(perf: dict | None, path: Path) -> Path | None:
         a.legend(fontsize=7)
         a.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def error_distribution(acc: dict | None, path: Path) -> Path | None:
     outs = (acc or {}).get("outputs") or {}
     if not outs:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(outs), figsize=(4.5 * len(outs), 3.4), squeeze=False)
     for ax, (name, o) in zip(axes[0], outs.items()):
         vals = [max(s["rel_l2"], 1e-12) for s in o["samples"]]
@@ -48,12 +48,12 @@ def error_distribution(acc: dict | None, path: Path) -> Path | None:
         ax.set(title=name, xlabel="sample", ylabel="relative L2 vs fp32 reference")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def audio_heatmap(target_frames: np.ndarray, ref_frames: np.ndarray, labels: list[str], events: list[dict],
                   hop_s: float, path: Path, k: int = 10) -> Path:
-    plt = _plt()
+    plt = pyplot()
     top = np.argsort(-ref_frames.max(axis=0))[:k]
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
     extent = [0, ref_frames.shape[0] * hop_s, k - 0.5, -0.5]
@@ -67,14 +67,14 @@ def audio_heatmap(target_frames: np.ndarray, ref_frames: np.ndarray, labels: lis
     axes[0].set_yticks(range(k))
     axes[0].set_yticklabels([labels[i][:28] for i in top], fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def embedding_difference(target: np.ndarray, ref: np.ndarray, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 3))
     ax.plot(target.ravel() - ref.ravel(), lw=0.6)
     ax.set(title="embedding difference per dimension (target − reference)", xlabel="dimension", ylabel="difference")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -16,7 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, ToolchainError
 
 from .base import Backend
 
@@ -133,33 +133,16 @@ class Machine:
             return {"ort_providers": None, "ort_error": f"{type(exc).__name__}: {text}" if text else type(exc).__name__}
         return {"ort_providers": tuple(onnxruntime.get_available_providers()), "ort_error": None}
 
-    @property
-    def atc(self):
-        return self._value("atc", lambda: {"atc": shutil.which("atc")})
+    # which probe answers each field (a probe may answer several: soc and soc_from, ort_providers and ort_error)
+    PROBES = {"atc": lambda self: {"atc": shutil.which("atc")}, "soc": lambda self: self._probe_soc(),
+              "soc_from": lambda self: self._probe_soc(), "npus": lambda self: self._probe_npus(),
+              "ais_bench": lambda self: self._probe_ais(), "ort_providers": lambda self: self._probe_ort(),
+              "ort_error": lambda self: self._probe_ort()}
 
-    @property
-    def soc(self):
-        return self._value("soc", self._probe_soc)
-
-    @property
-    def soc_from(self):
-        return self._value("soc_from", self._probe_soc)
-
-    @property
-    def npus(self) -> int:
-        return self._value("npus", self._probe_npus)
-
-    @property
-    def ais_bench(self) -> bool:
-        return self._value("ais_bench", self._probe_ais)
-
-    @property
-    def ort_providers(self):
-        return self._value("ort_providers", self._probe_ort)
-
-    @property
-    def ort_error(self):
-        return self._value("ort_error", self._probe_ort)
+    def __getattr__(self, key: str):
+        if key not in Machine.FIELDS:
+            raise AttributeError(key)
+        return self._value(key, lambda: Machine.PROBES[key](self))
 
     def facts(self) -> dict:
         """Every field (probing what is not known yet)."""
@@ -203,8 +186,6 @@ def plan(requested: str, m: Machine) -> Plan:
             break
         passed.append((b, can_build, can_run, why))
     if runs is None:
-        from pipeline.errors import ToolchainError
-
         raise ToolchainError("BACKEND=auto found no backend that can be built and run here: "
                              + "; ".join(f"{b.name}: {why}" for b, _, _, why in passed))
     notes = [line for b, cb, cr, why in passed for line in b.auto_notes(m, cb, cr, why, runs)]
@@ -275,16 +256,14 @@ def build_targets(cfg: dict, requested: str, soc: str | None, log) -> Plan:
     for b in built:
         b.check_build(machine)
 
+    from convert import ascend
+
     preflight = script = None
     if any(b.needs_preflight or b.reports_preflight for b in built):
-        from convert import ascend
-
         preflight = ascend.preflight(cfg, paths, log, strict=any(b.needs_preflight for b in built))
     for note in p.notes:
         log(f"om | {note}")
     if any(b.writes_atc_script for b in built):
-        from convert import ascend
-
         script = ascend.write_script(cfg, paths, machine.soc, log)
     for b in built:
         target = b.build(cfg, paths, log, machine)

@@ -11,10 +11,11 @@ heavy import (numpy, onnx, onnxruntime, the Ascend glue) is inside a function.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 
 
-class Backend:
-    """One backend. Subclasses set the attributes and override the methods that differ."""
+class Backend(ABC):
+    """One backend. Subclasses set the attributes, implement build and open_runner, and override what differs."""
 
     name: str = "?"
     what: str = ""              # one line for reports (`device_label`), e.g. "Ascend .om built by ATC, ..."
@@ -50,10 +51,10 @@ class Backend:
         return [f"{self.name}: unavailable here: {why}"]
 
     # ---- make om ---------------------------------------------------------------------------------------
+    @abstractmethod
     def build(self, cfg: dict, paths, log, machine) -> dict:
         """Make the deployable target from paths.onnx_sim; returns the record `make om` writes to
         build/<model>/target-<name>.json (convert.backends.build_targets adds model, atc_script, preflight, created)."""
-        raise NotImplementedError(self.name)
 
     def target_path(self, paths):
         return paths.build / f"target-{self.name}.json"
@@ -69,9 +70,9 @@ class Backend:
         return json.loads(path.read_text())
 
     # ---- run -------------------------------------------------------------------------------------------
+    @abstractmethod
     def open_runner(self, cfg: dict, target: dict, device=0):
         """A pipeline.runners.Runner over `target` (not yet activated); `device` is the NPU id (ignored on CPU)."""
-        raise NotImplementedError(self.name)
 
     def onnx_for_host(self, paths):
         """The ONNX file whose inputs host code (Ray's prepare tasks) reads for shapes and dtypes, or None when the

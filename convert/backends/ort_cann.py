@@ -32,8 +32,8 @@ cann_execution_provider_info.cc (FromProviderOptions; ProviderOptionsParser refu
   not applicable     atc.keep_dtype, atc.op_precision_mode and atc.modify_mixlist have no provider option: the build
                      logs and records them as `not_applied` when the config sets them.
 The options live in the target record `make om` writes (provider_options), and the runner passes those.
-TODO(lead): exposing them per model needs a schema change (an `ort_cann:` section in pipeline/config.py); until
-then they are fixed here, apart from the precision mode, which follows atc.precision_mode.
+They are fixed here, not per model, apart from the precision mode, which follows atc.precision_mode: no model has
+needed another value yet, and a per-model section would be a schema key (pipeline/config.py) nobody sets.
 
 Session options are the other onnxruntime runners' (pipeline.runners.ort_session_options with the config's
 onnxruntime.intra_op_threads and graph_optimization): onnxruntime's graph optimisations are provider-aware, and the
