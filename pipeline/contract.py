@@ -46,7 +46,13 @@ HOOKS: tuple[Hook, ...] = (
     Hook("CAPABILITIES", "host", False, "frozenset[str]", "names from contract.CAPABILITIES", frozenset()),
     Hook("capabilities", "host", False, "(cfg) -> frozenset[str]",
          "per-config capabilities, for families whose configs differ (a classifier or an embedding head)", None),
+    Hook("complete_config", "host", False, "(cfg, source) -> None",
+         "fills, in place, what the config may omit and the family's own source declares (an ONNX family reads "
+         "inputs/outputs from the graph); runs before the generic checks; ConfigError (one line)", _none),
     Hook("check_config", "host", False, "(cfg, source) -> None", "raises ConfigError (one line)", _none),
+    Hook("source_onnx", "host", False, "(cfg) -> tuple[Path, dict] | None",
+         "a family that brings its own ONNX file: (path, provenance); make export checks and simplifies it instead "
+         "of exporting from PyTorch. None: a PyTorch family", _none),
     # --- host side: inputs ---
     Hook("find_sources", "host", True, "(input_arg, cfg) -> list[Path]",
          "the accepted files of a file or folder INPUT, sorted; PipelineError if none"),
@@ -65,6 +71,9 @@ HOOKS: tuple[Hook, ...] = (
          "the build folder to an Ascend host and into scratch trees", _empty_list),
     Hook("labels", "host", False, "(cfg, meta) -> list[str] | None",
          "class names in output order (capability `labels`)", _none),
+    Hook("label_ids", "host", False, "(cfg, meta) -> list[str] | None",
+         "stable class ids in output order (e.g. ImageNet WordNet ids), for labelled sets named by id "
+         "(capability `labels`)", _none),
     # --- host side: what the stages show ---
     Hook("bench_extras", "host", False, "(cfg, feeds, model_ms) -> dict",
          "extra figures of a bench row (front-end cost, audio seconds)", _empty_dict),
