@@ -48,6 +48,8 @@ def summarize(rows: list[dict], gate: dict) -> dict:
         "worst_rel_l2": worst_l2["rel_l2"], "worst_rel_l2_item": worst_l2["item"],
         "min_cosine": worst_cos["cosine"], "min_cosine_item": worst_cos["item"],
         "median_rel_l2": float(np.median([r["rel_l2"] for r in rows])),
+        # the distribution over samples, so a limit can be set from it rather than from one worst case
+        "rel_l2_percentiles": {f"p{q}": float(np.percentile([r["rel_l2"] for r in rows], q)) for q in (50, 90, 99)},
         "max_abs": max(r["max_abs"] for r in rows), "mean_abs": float(np.mean([r["mean_abs"] for r in rows])),
         "masked_rel_max": max(r["masked_rel_max"] for r in rows),
         "masked_rel_mean": float(np.mean([r["masked_rel_mean"] for r in rows])),
@@ -156,6 +158,9 @@ def compare(model: str, backend: str = 'auto', engine: str = 'local', workers: s
         if summary["samples"] > 5:
             worst = ", ".join(f"{w['item']} {w['rel_l2']:.2e}" for w in summary["worst_samples"])
             log(f"  worst | {name} by rel_l2: {worst}")
+            pct = summary["rel_l2_percentiles"]
+            log(f"  distribution | {name} rel_l2 over {summary['samples']} samples: p50 {pct['p50']:.2e}, "
+                f"p90 {pct['p90']:.2e}, p99 {pct['p99']:.2e}, max {summary['worst_rel_l2']:.2e}")
 
     task = None
     if tasks:
