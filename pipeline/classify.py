@@ -13,7 +13,7 @@ import numpy as np
 from .schema import Opt
 
 # defaults chosen from the real MobileNetV2 on ort-fp16 (docs/metrics.md "Classifier task gate")
-TASK_GATE_DEFAULTS = {"min_top1_agreement": 0.99, "min_top5_overlap": 0.95, "tie_logits": 0.05}
+TASK_GATE_DEFAULTS = {"min_top1_agreement": 0.99, "min_top5_overlap": 0.95, "tie_logits": 0.1}
 TASK_GATE_SCHEMA = {k: Opt(float, v) for k, v in TASK_GATE_DEFAULTS.items()}
 
 
