@@ -1,7 +1,7 @@
 """Find a small set of nodes to keep in fp32 so the fp16 emulation passes the compare gate."""
 from __future__ import annotations
 
-from pipeline.config import gate_for
+from pipeline.config import gate_for, load_family
 from pipeline.metrics import gate_check
 
 from .emulate import round_fp16
@@ -12,16 +12,18 @@ def evaluate(model32, feeds_list, cfg, keep_nodes=(), keep_op_types=(), ref=None
     """Final outputs of the fp16 emulation (with the keep lists) against fp32, through compare's gate.
 
     Every sample of every output goes through pipeline.metrics.gate_check with the output's gate and
-    compare.rtol / compare.atol_scale, as `make compare` does, so PASSED here means PASSED there."""
+    compare.rtol / compare.atol_scale, and the family's task gate (a classifier's top-1/top-5) over the samples,
+    as `make compare` does, so PASSED here means PASSED there."""
     s16 = session(round_fp16(model32, keep_nodes, keep_op_types))
     if ref is None:
         s32 = session(model32)
         ref = [dict(zip([o.name for o in s32.get_outputs()], s32.run(None, f))) for f in feeds_list]
     names = [o.name for o in s16.get_outputs()]
     rtol, atol_scale = cfg["compare"]["rtol"], cfg["compare"]["atol_scale"]
-    worst = {}
+    worst, outs = {}, []
     for feeds, r in zip(feeds_list, ref):
         got = dict(zip(names, s16.run(None, feeds)))
+        outs.append(got)
         for name, b in r.items():
             gate = gate_for(cfg, name)
             m, fails = gate_check(got[name], b, gate, rtol, atol_scale)
@@ -37,7 +39,24 @@ def evaluate(model32, feeds_list, cfg, keep_nodes=(), keep_op_types=(), ref=None
             w["passed"] = w["passed"] and not fails
     for w in worst.values():
         w.pop("_fail_rel_l2", None)
-    return {"passed": all(w["passed"] for w in worst.values()), "outputs": worst, "_ref": ref}
+    task = task_verdicts(cfg, ref, outs)
+    passed = all(w["passed"] for w in worst.values()) and all(v["passed"] for v in task or [])
+    return {"passed": passed, "outputs": worst, "_ref": ref,
+            **({"task": [{k: v[k] for k in ("name", "passed", "line")} for v in task]} if task else {})}
+
+
+def task_verdicts(cfg, ref: list[dict], got: list[dict]) -> list[dict] | None:
+    """The family's task gate over these samples, one sample a source; None when the family has none, or when
+    its task figures need the item context (frames, offsets) that only make compare keeps."""
+    family = load_family(cfg["family"]) if cfg.get("family") else None     # bare gate configs (tests) have none
+    if family is None or not family.has("task_metrics", cfg):
+        return None
+    try:
+        per = [{"source": f"sample {i}", **family.task_metrics(cfg, f"sample {i}", [r], [g], {})}
+               for i, (r, g) in enumerate(zip(ref, got))]
+    except KeyError:
+        return None
+    return family.task_gate(cfg, per)
 
 
 def candidates(rows: list[dict]) -> list[str]:

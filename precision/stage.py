@@ -79,6 +79,7 @@ def plot(rows_before, rows_after, keep, path: Path, title: str, gates: dict[str,
 
 def why_failed(result: dict) -> str:
     fails = [f"{name}: {'; '.join(o['failures'])}" for name, o in result["outputs"].items() if o.get("failures")]
+    fails += [f"task {v['name']}: {v['line']}" for v in result.get("task", []) if not v["passed"]]
     return f" ({' | '.join(fails)})" if fails else ""
 
 
