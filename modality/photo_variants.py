@@ -1,17 +1,21 @@
 """Natural-looking test images from a few real photos: seeded crops, flips, colour and exposure changes, small
 rotations, rescaling and JPEG re-encoding, as a camera or a user would vary them. The originals come first.
+When the photos folder has a `labels.csv` (file,label), the out folder gets one too: a variant keeps its
+photo's label (a small labelled set for `make accuracy`); photos without a label are left out of it.
 
 `python -m modality.photo_variants <photos folder> <out folder> <count> [seed]` (NumPy + Pillow only).
 """
 from __future__ import annotations
 
+import csv
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from modality.image import find_image_files, load_image
-from pipeline.atomic import atomic_path
+from pipeline.atomic import atomic_path, write_text
 
 
 def variant(im, rng: np.random.Generator):
@@ -51,7 +55,23 @@ def write_variants(photos: list[Path], out_dir: Path, count: int, seed: int = 0)
             else:
                 im.save(tmp, format="JPEG", quality=int(rng.integers(70, 96)))
         paths.append(path)
+    _write_labels(photos, paths, out_dir)
     return paths
+
+
+def _write_labels(photos: list[Path], paths: list[Path], out_dir: Path) -> None:
+    src = photos[0].parent / "labels.csv"
+    if not src.is_file():
+        return
+    labels = {row["file"]: row["label"] for row in csv.DictReader(io.StringIO(src.read_text(encoding="utf-8")))}
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "label"])
+    for i, path in enumerate(paths):
+        label = labels.get(photos[i % len(photos)].name)
+        if label:
+            writer.writerow([path.name, label])
+    write_text(out_dir / "labels.csv", buf.getvalue())
 
 
 def main(argv=None) -> int:
