@@ -12,7 +12,7 @@ import numpy as np
 
 from .schema import Opt
 
-# defaults chosen from the real MobileNetV2 on ort-fp16 (docs/metrics.md "Classifier task gate")
+# defaults chosen from the real MobileNetV2 on ort-fp16 (docs/classifiers.md, "The classifier task gate")
 TASK_GATE_DEFAULTS = {"min_top1_agreement": 0.99, "min_top5_overlap": 0.95, "tie_logits": 0.1}
 TASK_GATE_SCHEMA = {k: Opt(float, v) for k, v in TASK_GATE_DEFAULTS.items()}
 

@@ -17,10 +17,11 @@ from pipeline.paths import ModelPaths
 from pipeline import stages
 
 from . import plots
-from .tables import (accuracy_table, dataset_table, device_label, environment, export_table, get, performance_table,
-                     precision_table, weights_line)
+from .tables import (accuracy_table, dataset_table, device_label, environment, export_table, get,
+                     labeled_accuracy_table, performance_table, precision_table, weights_line)
 
 FILES = tuple(f.removesuffix(".json") for f in stages.RESULT_FILES)     # every stage's results/<m>/ file
+PUBLISHED = ("accuracy_eval", "labeled_accuracy", "performance_eval")   # proof files the model card carries
 
 
 def load(path: Path) -> dict | None:
@@ -77,6 +78,13 @@ def model_plots(cfg, paths, docs) -> list[tuple[str, Path]]:
     return out
 
 
+def labeled_section(cfg, docs, always: bool = True) -> list[str]:
+    """`make accuracy`'s table; for a model without class labels only when a result exists (it cannot run there)."""
+    if not docs["labeled_accuracy"] and not (always and load_family(cfg["family"]).has("labels", cfg)):
+        return []
+    return ["## Labelled accuracy (top-1 / top-5)", "", *labeled_accuracy_table(docs["labeled_accuracy"]), ""]
+
+
 def model_report(cfg, docs, env_info, figs) -> str:
     name = cfg["name"]
     inf = docs["inference_result"]
@@ -86,6 +94,7 @@ def model_report(cfg, docs, env_info, figs) -> str:
              "## Weights", "", weights_line(docs["export"] or inf), "",
              "## Export and simplification", "", *export_table(docs["export"]), "",
              "## Accuracy against onnxruntime CPU fp32", "", *accuracy_table(docs["accuracy_eval"]), "",
+             *labeled_section(cfg, docs),
              "## Performance", "", *performance_table(docs["performance_eval"]), "",
              "## Dataset-scale run", "", *dataset_table(docs["dataset_run"]), "",
              "## Precision findings", "", *precision_table(docs["precision_report"]), ""]
@@ -131,7 +140,8 @@ def zoo_section() -> list[str]:
 def publish_card(cfg, paths, docs) -> Path:
     """Model-card section with the evidence as text, and the proof files in the layout platforms expect."""
     acc, perf = docs["accuracy_eval"], docs["performance_eval"]
-    backend = (acc or {}).get("target", {}).get("backend") or (perf or {}).get("backend")
+    backend = ((acc or {}).get("target", {}).get("backend") or (perf or {}).get("backend")
+               or (docs["labeled_accuracy"] or {}).get("backend"))
     b = backends.REGISTRY.get(backend or "")
     on_npu = bool(b and b.measures_npu)
     out = paths.results / "publish"
@@ -143,18 +153,21 @@ def publish_card(cfg, paths, docs) -> Path:
         f"`{backend}`), not on an Ascend NPU.** The model is adapted for Ascend (ATC command in `atc.sh`), but "
         "NPU accuracy and speed are not shown here: run `make om infer compare bench BACKEND=om` on an Ascend "
         "host and publish again.", ""]
-    body = [f"# {cfg['name']} on Ascend", "", *banner, "## Accuracy", "", *accuracy_table(acc), "",
+    labeled = labeled_section(cfg, docs, always=False)
+    body = [f"# {cfg['name']} on Ascend", "", *banner, "## Accuracy", "", *accuracy_table(acc), "", *labeled,
             "## Performance", "", *performance_table(perf), "",
-            "Proof files: `results/accuracy_eval.json`, `logs/accuracy_eval.log`.", ""]
-    text = "\n".join(front + body).replace("](accuracy_eval.json", "](results/accuracy_eval.json") \
-        .replace("](performance_eval.json", "](results/performance_eval.json")
+            "Proof files: `results/accuracy_eval.json`, `logs/accuracy_eval.log`"
+            + (", `results/labeled_accuracy.json`, `logs/labeled_accuracy.log`" if labeled else "") + ".", ""]
+    text = "\n".join(front + body)
+    for name in PUBLISHED:
+        text = text.replace(f"]({name}.json", f"](results/{name}.json")
     write_text(out / "README.md", text)
-    for src, dst in ((paths.results / "accuracy_eval.json", out / "results" / "accuracy_eval.json"),
-                     (paths.results / "performance_eval.json", out / "results" / "performance_eval.json"),
-                     (paths.logs / "accuracy_eval.log", out / "logs" / "accuracy_eval.log")):
-        if src.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+    for name in PUBLISHED:
+        for src, dst in ((paths.results / f"{name}.json", out / "results" / f"{name}.json"),
+                         (paths.logs / f"{name}.log", out / "logs" / f"{name}.log")):
+            if src.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
     return out / "README.md"
 
 
@@ -171,11 +184,11 @@ def write_reports(models: list | None = None, publish: bool = False) -> int:
         docs = {k: load(paths.results / f"{k}.json") for k in FILES}
         figs = model_plots(cfg, paths, docs)
         write_text(paths.results / "REPORT.md", model_report(cfg, docs, env_info, figs))
-        print(f"report | results/{m}/REPORT.md ({len([f for f in figs if f[1]])} plot(s))")
+        print(f"report | results/{cfg['name']}/REPORT.md ({len([f for f in figs if f[1]])} plot(s))")
         if publish:
             print(f"report | {publish_card(cfg, paths, docs)}")
-        rows.append((m, docs))
-    top = ModelPaths(models[0]).results.parent / "REPORT.md"
+        rows.append((cfg["name"], docs))
+    top = ModelPaths(rows[0][0]).results.parent / "REPORT.md"
     write_text(top, combined(rows, env_info))
     print(f"report | {top}")
     return 0

@@ -183,3 +183,47 @@ def dataset_table(doc: dict | None) -> list[str]:
                      f"{cell(doc, f, p + '/worst_rel_l2', '{:.2e}')} / {cell(doc, f, p + '/median_rel_l2', '{:.2e}')}, "
                      f"{cell(doc, f, p + '/min_cosine', '{:.7f}')}; worst: {worst} |")
     return lines
+
+
+def labeled_accuracy_table(doc: dict | None) -> list[str]:
+    """`make accuracy` in Ascend ModelZoo's form (chip, batch size, dataset, top-1/top-5), then the three runs, each
+    with the device it ran on: PyTorch eager and the ONNX reference always on the CPU, the target per its backend."""
+    if not doc:
+        return ["Labelled accuracy: not run (`make accuracy INPUT=<ImageFolder tree or file,label CSV>`)."]
+    f, runs, ls = "labeled_accuracy.json", doc["runs"], doc["labeled_set"]
+    t, ref = runs["target"], doc["gate"]["reference"]
+    target = device_label(t.get("backend"), t.get("device"))
+    chip = f"{t['soc_version']} ({target})" if t.get("soc_version") else target
+
+    def acc(run: str) -> str:
+        if not runs[run]["ran"]:
+            return runs[run]["runtime"]
+        return (f"{cell(doc, f, f'/runs/{run}/top1_pct', '{:.2f}')}/Top1 "
+                f"{cell(doc, f, f'/runs/{run}/top5_pct', '{:.2f}')}/Top5")
+
+    def diff(pair: str) -> str:
+        if not doc["differences_points"].get(pair):
+            return "n/a"
+        p = f"/differences_points/{pair}"
+        return f"{cell(doc, f, p + '/top1', '{:+.2f}')} / {cell(doc, f, p + '/top5', '{:+.2f}')}"
+
+    where = {"torch": "CPU (PyTorch eager; not an NPU)", "onnx": device_label(runs["onnx"].get("backend"), "cpu"),
+             "target": target}
+    images, against = cell(doc, f, "/images", "{}"), "PyTorch eager" if ref == "torch" else "ONNX fp32"
+    lines = [f"`make accuracy` on `{ls['path']}` ({ls['kind']}, {ls['files']} files, {ls['classes_present']} classes, "
+             f"list sha256 `{ls['list_sha256'][:16]}…`): verdict **{doc['verdict']}** (target top-1 and top-5 at "
+             f"most {doc['gate']['max_drop_points']:g} point below {against}).",
+             "", "| chip / target | batch size | dataset | accuracy (target) | PyTorch eager, on the CPU | "
+             "target − PyTorch, points (top-1 / top-5) |", "|---|---|---|---|---|---|",
+             f"| {chip} | {cell(doc, f, '/batch_size', '{}')} | {Path(ls['path']).name} ({images} images) | "
+             f"{acc('target')} | {acc('torch')} | {diff('target_minus_torch')} |",
+             "", "| run | computed on | top-1 / top-5 (%) | images |", "|---|---|---|---|"]
+    for run in ("torch", "onnx", "target"):
+        lines.append(f"| {runs[run]['name']} | {where[run]} | {acc(run)} | "
+                     f"{cell(doc, f, f'/runs/{run}/images', '{}') if runs[run]['ran'] else '-'} |")
+    lines += ["", f"Differences in points (top-1 / top-5): target − ONNX fp32 {diff('target_minus_onnx')}; "
+              f"ONNX fp32 − PyTorch {diff('onnx_minus_torch')}."]
+    if doc.get("failed_count"):
+        lines.append(f"{cell(doc, f, '/failed_count', '{}')} file(s) could not be read and are not counted "
+                     f"(listed in `failed`).")
+    return lines

@@ -88,3 +88,18 @@ def test_every_stage_module_imports():
         mod = importlib.import_module(st.module if module_file(st.module).name != "__main__.py"
                                       else st.module + ".__main__")
         assert callable(getattr(mod, "main", None)), st.module
+
+
+def test_accuracy_runs_after_om_with_input_from_the_environment(monkeypatch):
+    """make accuracy MODEL=<m> INPUT=<labelled set> BACKEND=<b>: a measure stage on the built target; INPUT,
+    DEVICE and FAIL_ON_BAD reach it through the environment make exports."""
+    mk = stages.makefile()
+    assert "accuracy: $(foreach m,$(MODEL),$(B)/$(m)/om-$(BK).done) | $(ENV_STAMP)" in mk
+    assert "-m dataset.accuracy --model $$m --backend $(BK) || rc=1" in mk
+    for var in ("BACKEND", "DEVICE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("INPUT", "/data/val")
+    monkeypatch.setenv("FAIL_ON_BAD", "1")
+    assert stages.parse("accuracy", ["--model", "m"]) == {"model": "m", "backend": "auto", "input": "/data/val",
+                                                          "device": 0, "fail_on_bad": True}
+    assert stages.get("accuracy").result == "labeled_accuracy.json"
