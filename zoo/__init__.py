@@ -1,4 +1,5 @@
-"""make zoo: many timm architectures through the same stages as `make all`, one row of verdicts per model.
+"""make zoo: timm and torchvision architectures and ONNX files through the same stages as `make all`, one row of
+verdicts per model.
 
 Each model gets a generated config (build/configs/<name>.yaml) and runs `make export`, `make preflight`,
 `make om`, `make compare`, `make precision` (only when the fp16 gate fails; its keep_dtype fix is then put in

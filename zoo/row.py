@@ -10,7 +10,7 @@ from .stages import Outcome
 
 # cause classes (ZOO.md explains them)
 CAUSES = {
-    "unknown-model": "the name is not a timm model with a pretrained config",
+    "unknown-model": "the name is not a timm model with a pretrained config, nor a torchvision image classifier",
     "config": "the generated config does not validate",
     "export-failed": "PyTorch -> ONNX (or onnxsim) failed",
     "parity": "the ONNX differs from PyTorch beyond export.parity_max_rel_l2",
@@ -67,11 +67,12 @@ def export(outcome: Outcome, results: Path) -> dict:
         return stage("failed", outcome, "export-failed", outcome.message)
     if doc is None:
         return stage("failed", outcome, "export-failed", f"make export wrote no {results / 'export.json'}")
-    sim = doc["onnx_simplified"]
+    sim, weights = doc["onnx_simplified"], doc.get("weights") or {}
+    wheel = weights.get("from_wheel") or weights.get("wheel") or {}       # a checkpoint's, an ONNX file's
     ops = sorted(sim["op_types"].items(), key=lambda kv: (-kv[1], kv[0]))
     return stage("passed", outcome, parity_worst_rel_l2=doc["parity"]["worst"], nodes=sim["nodes"],
                  onnx_mb=round(sim["bytes"] / 2**20, 2), top_op_types=dict(ops[:TOP_OPS]), op_type_count=len(ops),
-                 weights=doc.get("weights", {}).get("kind"), opset=doc.get("opset"))
+                 weights=weights.get("kind"), weights_from=wheel.get("wheel"), opset=doc.get("opset"))
 
 
 def preflight(outcome: Outcome, results: Path) -> dict:

