@@ -77,7 +77,7 @@ help:
 	@echo "           HEAVY=1 (make bench: also the config's bench.heavy set; make evidence sets it)"
 	@echo "           ENV=<full|host> (host: no torch, for an Ascend host)"
 	@echo "           ENGINE=<local|ray> WORKERS=<actors> RAY_ADDRESS=<head:port> FAIL_ON_BAD=1 (infer, compare, dataset)"
-	@echo "           ZOO=<timm names or zoo entries> ZOO_LIST=<yaml, default configs/zoo.yaml> (make zoo)"
+	@echo "           ZOO=<zoo entries, timm names, torchvision:<name> or timm:<name>> ZOO_LIST=<yaml, default configs/zoo.yaml> (make zoo)"
 
 # ---- environment -------------------------------------------------------------------------------
 env: $(ENV_STAMP)

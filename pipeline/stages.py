@@ -43,7 +43,7 @@ OPTIONS = {o.name: o for o in (
     Option("onnx", "--onnx", help="check another ONNX file (default: build/<model>/model.sim.onnx)"),
     Option("publish", "--publish", env="PUBLISH", kind="flag", help="add the model-card section"),
     Option("zoo_list", "--list", env="ZOO_LIST", default="configs/zoo.yaml", make="$(ZOO_LIST)", help="the zoo list"),
-    Option("only", "--only", env="ZOO", kind="list", help="entries or timm names to (re)run"),
+    Option("only", "--only", env="ZOO", kind="list", help="zoo entries, timm names, torchvision:<name> or timm:<name> to (re)run"),
 )}
 
 
