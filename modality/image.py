@@ -2,25 +2,34 @@
 
 NumPy + Pillow only (no torch), so it runs on an Ascend host. A data config is a dict in timm's terms:
 `input_size` [3, H, W], `crop_pct`, `crop_mode` (center | squash | border), `interpolation` (nearest, bilinear,
-bicubic, box, hamming, lanczos), `mean`, `std`. `resize_crop` follows timm's `transforms_imagenet_eval`:
-- center: the shorter side to floor(size / crop_pct) (per axis for a non-square target), keep the aspect ratio,
+bicubic, box, hamming, lanczos), `mean`, `std`, and optionally `resize_size`. `resize_crop` follows timm's
+`transforms_imagenet_eval`, with S = resize_size when given (torchvision's `Resize(S)`: exact, where
+floor(size / crop_pct) can be a pixel off, e.g. inception_v3's 342 / 299), else floor(size / crop_pct):
+- center: the shorter side to S (per axis for a non-square target without resize_size), keep the aspect ratio,
   centre crop;
-- squash: both sides to floor(size / crop_pct), centre crop;
-- border: the longer side to floor(size / crop_pct), keep the aspect ratio, centre crop or pad with the mean
-  colour.
+- squash: both sides to S, centre crop;
+- border: the longer side to S, keep the aspect ratio, centre crop or pad with the mean colour.
 An image smaller than the crop is resized up, never refused.
+
+Decoding: any file Pillow cannot decode is that file's InputError. Pillow refuses images above twice
+Image.MAX_IMAGE_PIXELS (decompression bombs; Pillow's default 89,478,485 pixels, so 178,956,970); the environment
+variable PIPELINE_MAX_IMAGE_PIXELS sets MAX_IMAGE_PIXELS for trusted large files.
 """
 from __future__ import annotations
 
 import math
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CROP_MODES = ("center", "squash", "border")
+MAX_PIXELS_ENV = "PIPELINE_MAX_IMAGE_PIXELS"
+PIL_DEFAULT_MAX_PIXELS = 89_478_485      # Pillow's Image.MAX_IMAGE_PIXELS (1024 * 1024 * 1024 // 4 // 3)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 # sample files: (format, PIL mode, (width, height)), cycled
 SAMPLE_KINDS = [("png", "RGB", (320, 240)), ("jpg", "RGB", (200, 300)), ("webp", "RGBA", (256, 256)),
@@ -64,18 +73,38 @@ def generate_images(out_dir: Path, count: int, seed: int) -> list[Path]:
     return paths
 
 
+def max_image_pixels() -> int:
+    """Pillow's MAX_IMAGE_PIXELS: $PIPELINE_MAX_IMAGE_PIXELS, else Pillow's default (89,478,485)."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return PIL_DEFAULT_MAX_PIXELS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{MAX_PIXELS_ENV}={raw} is not a positive whole number of pixels; set it like "
+                          f"{MAX_PIXELS_ENV}=400000000 or unset it (default {PIL_DEFAULT_MAX_PIXELS:,})")
+    return int(raw)
+
+
 def load_image(path: Path):
-    """Decode an image file to an RGB PIL image; InputError for anything Pillow cannot read."""
+    """Decode an image file to an RGB PIL image; InputError for anything Pillow cannot decode."""
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = max_image_pixels()
     try:
         with Image.open(path) as im:
             im.load()
             return to_rgb(im)
     except UnidentifiedImageError:
         raise InputError(f"{path} is not an image Pillow can read; give JPEG, PNG or WebP files") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"{path} cannot be read as an image ({exc}); replace or remove the file") from None
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        need = f"{(int(found.group(1)) + 1) // 2}" if found else "<pixels>"
+        raise InputError(f"{path} has {size}, above the decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} "
+                         f"(twice Pillow's MAX_IMAGE_PIXELS {Image.MAX_IMAGE_PIXELS:,}); if the file is trusted, "
+                         f"set {MAX_PIXELS_ENV}={need} or more, else remove it") from None
+    except Exception as exc:        # a decoder can raise anything on a broken file; it is that file's error
+        why = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(f"{path} cannot be read as an image ({why}); replace or remove the file") from None
 
 
 def to_rgb(im):
@@ -118,10 +147,12 @@ def _crop_or_pad(im, out_h: int, out_w: int, fill):
 
 
 def resize_crop(im, data_cfg: dict):
-    """timm's eval resize + crop of an RGB PIL image to input_size (H, W)."""
+    """timm's eval resize + crop (torchvision's with resize_size) of an RGB PIL image to input_size (H, W)."""
     _, out_h, out_w = data_cfg["input_size"]
     crop_pct, mode, interp = data_cfg["crop_pct"], data_cfg["crop_mode"], data_cfg["interpolation"]
     scale_h, scale_w = math.floor(out_h / crop_pct), math.floor(out_w / crop_pct)
+    if data_cfg.get("resize_size"):
+        scale_h = scale_w = int(data_cfg["resize_size"])
     w, h = im.size
     fill = (0, 0, 0)
     if mode == "squash":

@@ -153,7 +153,9 @@ def test_classifier_top5_imagenet_labels(tmp_path, isolated_dirs):
     assert top[0]["label"].startswith("goldfish") and top[2]["label"].startswith("zebra")
     assert top[0]["score"] == pytest.approx(float(fam.softmax(logits[0])[1]), abs=1e-6)
     assert arrays["probabilities"].sum() == pytest.approx(1.0, abs=1e-5)
-    assert fam.capabilities(cfg) == {"labels"}
+    assert fam.capabilities(cfg) == {"labels", "task_metrics"}
+    ids = fam.label_ids(cfg, {})                 # WordNet ids in output order, from timm's ImageNetInfo
+    assert len(ids) == 1000 and ids[1] == "n01443537" and ids[340] == "n02391049"      # goldfish, zebra
 
 
 def test_labels_file(tmp_path):
@@ -248,7 +250,7 @@ def test_format_loads_and_reproduces(clip_cfg, known, checkpoints, fname, fmt):
     _, x, y = known
     fresh = tm.build(clip_cfg)
     prov = tm.load_weights(fresh, checkpoints / fname, clip_cfg)
-    assert prov["format"] == fmt and prov["kind"] == "file" and len(prov["sha256"]) == 64
+    assert prov["format"] == fmt and prov["kind"] == "file" and len(prov["sha256"]) == 64 and prov["wrapper"] is None
     assert prov["filter"] == "checkpoint_filter_fn"          # timm's own ConvNeXt filter
     with torch.no_grad():
         assert rel_l2(fresh(x).numpy(), y) < 1e-5

@@ -129,8 +129,8 @@ def load_weights(model: Cnn8Rnn, path: Path, cfg: dict) -> dict:
                                f"sample_rate={hf.get('sample_rate')}; the config expects {classes_num} and "
                                f"{sample_rate}; use a matching checkpoint or edit the model config")
     try:
-        sd = read_state_dict(ckpt, "give the published pytorch_model.bin or model.safetensors of CNN8RNN")
-        check_keys(sd, model.state_dict(), ckpt, "CNN8RNN")
+        sd, wrapper = read_state_dict(ckpt, "give the published pytorch_model.bin or model.safetensors of CNN8RNN")
+        sd = check_keys(sd, model.state_dict(), ckpt, "CNN8RNN")
     except WeightsError:
         raise
     except PipelineError as exc:          # pipeline.checkpoint's one-line messages, as the weights subtype
@@ -138,7 +138,8 @@ def load_weights(model: Cnn8Rnn, path: Path, cfg: dict) -> dict:
     model.load_state_dict(sd, strict=True)
     check_frontend_buffers(model, cfg)
     prov = {"kind": "file", "path": str(ckpt), "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size,
-            "format": "safetensors" if ckpt.suffix == ".safetensors" else "PyTorch pickle", "sample_rate": sample_rate}
+            "format": "safetensors" if ckpt.suffix == ".safetensors" else "PyTorch pickle", "wrapper": wrapper,
+            "sample_rate": sample_rate}
     return {**prov, **labels_record(folder, cfg)}
 
 

