@@ -60,6 +60,10 @@ def task_gate(cfg: dict, per_source: list) -> list:
     return classify.classifier_task_gate(cfg, per_source)
 
 
+def compare_gate(cfg: dict, output: str) -> dict | None:
+    return dict(classify.LOGITS_GATE) if cfg["model"]["head"] == "classifier" else None
+
+
 def width(cfg: dict) -> int:
     return cfg["outputs"][0]["shape"][-1]
 

@@ -15,6 +15,9 @@ from .schema import Opt
 # defaults chosen from the real MobileNetV2 on ort-fp16 (docs/classifiers.md, "The classifier task gate")
 TASK_GATE_DEFAULTS = {"min_top1_agreement": 0.99, "min_top5_overlap": 0.95, "tie_logits": 0.1}
 TASK_GATE_SCHEMA = {k: Opt(float, v) for k, v in TASK_GATE_DEFAULTS.items()}
+# the logits' tensor gate beside the task gates: fp16 logits of that model reach rel L2 2.2e-2 and cosine 0.99978
+# with no decision changed, so 1 % / 0.9999 would fail one image in eight; this still catches a wrong scale or bias
+LOGITS_GATE = {"max_rel_l2": 0.05, "min_cosine": 0.999}
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -223,6 +223,7 @@ def load_config(name_or_path: str, stage: str | None = None) -> dict:
         cfg[section] = validate(cfg[section], schema, section, source)
     family.complete_config(cfg, source)
     _finish(cfg, source)
+    _family_gates(cfg, raw, family)
     _check_generic(cfg, source)
     family.check_config(cfg, source)
     cfg["_source"] = source
@@ -270,6 +271,17 @@ def _check_generic(cfg: dict, source: str) -> None:
                 raise ConfigError(f"{source}: {section}.{key} must hold positive integers")
     if cfg["infer"]["batch_size"] < 1:
         raise ConfigError(f"{source}: infer.batch_size must be at least 1")
+
+
+def _family_gates(cfg: dict, raw: dict, family) -> None:
+    """The family's default tensor gate of an output (a classifier's logits), where the config sets no gate: it
+    goes into compare.per_output, so every stage (compare, precision, zoo) reads the same gate."""
+    if "gate" in (raw.get("compare") or {}):
+        return
+    for t in cfg["outputs"]:
+        gate = family.compare_gate(cfg, t["name"])
+        if gate and t["name"] not in cfg["compare"]["per_output"]:
+            cfg["compare"]["per_output"][t["name"]] = {**cfg["compare"]["gate"], **gate}
 
 
 def gate_for(cfg: dict, output: str) -> dict:

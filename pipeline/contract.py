@@ -86,6 +86,9 @@ HOOKS: tuple[Hook, ...] = (
          "target (its saved arrays)", _empty_list),
     Hook("task_metrics", "host", False, "(cfg, source, ref_items, tgt_items, meta) -> dict",
          "task figures of one source, target against reference (capability `task_metrics`)", _empty_dict),
+    Hook("compare_gate", "host", False, "(cfg, output) -> dict | None",
+         "the family's default tensor gate for an output where the config sets none (compare.gate, "
+         "compare.per_output): a classifier's logits at their measured fp16 scale", _none),
     Hook("task_gate", "host", False, "(cfg, per_source) -> list[dict]",
          "one verdict per metric family: {name, passed, line, figures, gate} (capability `task_metrics`)",
          _empty_list),

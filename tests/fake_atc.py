@@ -58,6 +58,15 @@ def fail(code: str, text: str) -> int:
     return 1
 
 
+def onnx_input_dtypes(path) -> dict:
+    """The graph's input element types (an .om keeps the ONNX input dtypes unless told otherwise)."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = onnx.load(path, load_external_data=False).graph
+    return {i.name: str(tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)) for i in graph.input}
+
+
 def main(argv):
     print("ATC start working now, please wait for a moment.")
     if "--help" in argv or "-h" in argv:
@@ -95,10 +104,11 @@ def main(argv):
     for f in ("keep_dtype", "op_precision_mode", "modify_mixlist"):
         if f in args and not os.path.isfile(args[f]):
             return fail("E10002", f"--{f} file {args[f]} not found")
+    dtypes = onnx_input_dtypes(args["model"])
     inputs = []
     for part in args["input_shape"].split(";"):
         name, dims = part.split(":")
-        inputs.append({"name": name, "dtype": "float32", "shape": [int(d) for d in dims.split(",")]})
+        inputs.append({"name": name, "dtype": dtypes.get(name, "float32"), "shape": [int(d) for d in dims.split(",")]})
     mode = "dymbatch" if "dynamic_batch_size" in args else "dymdims" if "dynamic_dims" in args else "static"
     gears = [int(g) for g in args.get("dynamic_batch_size", "").split(",") if g]
     precision = next((f"--{k}={args[k]}" for k in ("precision_mode", "precision_mode_v2") if k in args), None)

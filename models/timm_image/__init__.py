@@ -12,7 +12,7 @@ them against the timm model and names the right values when they differ.
 from __future__ import annotations
 
 from models.image_host import (CAPABILITIES, HEAD_SCHEMA, POSTPROCESS_SCHEMA, PREPROCESS_SCHEMA,  # noqa: F401
-                               capabilities, check_config, data_config, find_sources, generate_sources,
+                               capabilities, check_config, compare_gate, data_config, find_sources, generate_sources,
                                host_artifacts, label_ids, labels, postprocess, prepare, random_input, resolved,
                                softmax, task_gate, task_metrics)
 from pipeline.schema import Opt
