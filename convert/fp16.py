@@ -60,6 +60,7 @@ def to_fp16(model, keep_op_types=(), keep_nodes=()):
     model = copy.deepcopy(model)
     split_consumed_outputs(model)
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_op_types))
+    unshare_kept_constants(model, set(block), set(keep_nodes))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the converter warns once per truncated constant
         m16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
@@ -69,6 +70,24 @@ def to_fp16(model, keep_op_types=(), keep_nodes=()):
     drop_round_trips(m16)
     fp32_outputs(m16)
     return m16
+
+
+def unshare_kept_constants(model, block_ops: set, keep_nodes: set) -> int:
+    """A float constant read by a node kept in fp32 and by an fp16 node: the converter leaves it fp32 for both, and
+    onnxruntime refuses the fp16 node. The kept nodes get their own copy (`<name>__fp32`)."""
+    import copy
+
+    kept = [n for n in model.graph.node if n.op_type in block_ops or n.name in keep_nodes]
+    others = {i for n in model.graph.node if n not in kept for i in n.input}
+    shared = {init.name: init for init in model.graph.initializer
+              if init.data_type == 1 and init.name in others and any(init.name in n.input for n in kept)}
+    for name, init in shared.items():
+        twin = copy.deepcopy(init)
+        twin.name = name + "__fp32"
+        model.graph.initializer.append(twin)
+    for n in kept:
+        n.input[:] = [i + "__fp32" if i in shared else i for i in n.input]
+    return len(shared)
 
 
 def fp32_outputs(model) -> int:

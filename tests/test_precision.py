@@ -232,3 +232,24 @@ def test_fp16_target_keeps_tensors_between_kept_nodes_in_fp32():
     casts = [n for n in middle.graph.node if n.op_type == "Cast"]
     assert len(casts) >= 3 and run(middle).dtype == np.float32
     assert {next(a.i for a in n.attribute if a.name == "to") for n in casts} == {TensorProto.FLOAT, TensorProto.FLOAT16}
+
+
+def test_fp16_target_gives_kept_nodes_their_own_copy_of_a_shared_constant():
+    """A constant read by a kept node and by an fp16 node: without its own fp32 copy for the kept node, the
+    converter leaves it fp32 for both and onnxruntime refuses the fp16 node (Magika's LayerNorm scale)."""
+    import onnxruntime as ort
+
+    from convert.fp16 import to_fp16
+
+    w = numpy_helper.from_array(np.full((8,), 0.5, np.float32), "w")
+    nodes = [helper.make_node("Mul", ["x", "w"], ["a"], name="kept_mul"),
+             helper.make_node("Add", ["a", "w"], ["y"], name="fp16_add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m16 = to_fp16(model, keep_nodes=["kept_mul"])
+    inits = {i.name: i.data_type for i in m16.graph.initializer}
+    assert inits == {"w": TensorProto.FLOAT16, "w__fp32": TensorProto.FLOAT}
+    x = np.random.default_rng(2).normal(size=(3, 8)).astype(np.float32)
+    got = ort.InferenceSession(m16.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, x * 0.5 + 0.5, rtol=2e-3, atol=2e-3)
