@@ -50,6 +50,11 @@ def test_top5_overlap_and_non_finite_fail():
     v = {x["name"]: x for x in classify.classifier_task_gate(cfg(), rows)}
     assert v["top1"]["passed"] and not v["top5"]["passed"]
     assert v["top5"]["figures"]["mean_top5_overlap"] == pytest.approx(0.2)
+    near = logits(0, second=(5, -4.05))                      # class 5 within 0.05 logits of the reference's 5th
+    swapped = near.copy()
+    swapped[[4, 5]] = [-5.0, -3.9]                            # the target puts 5 in its top-5 instead of 4
+    tie5 = source(near, swapped)
+    assert tie5["top5_overlap_raw"] == pytest.approx(0.8) and tie5["top5_overlap"] == 1.0
     bad = source(ref, np.full(10, np.nan, np.float32))
     v = {x["name"]: x for x in classify.classifier_task_gate(cfg(), [bad])}
     assert not v["top1"]["passed"] and "non-finite" in v["top1"]["line"]
