@@ -97,10 +97,14 @@ def compare(outcome: Outcome, results: Path) -> dict:
     figures = {"target": doc["target"]["backend"], "device": doc["target"]["device"],
                "worst_rel_l2": max(s["worst_rel_l2"] for s in outs), "min_cosine": min(s["min_cosine"] for s in outs),
                "samples": max(s["samples"] for s in outs)}
+    task = {v["name"]: v for v in (doc.get("task") or {}).get("verdicts", [])}
+    figures["task"] = {name: v["passed"] for name, v in task.items()}
     if doc["verdict"] == "PASSED":
         return stage("passed", outcome, **figures)
+    missed = "; ".join(f"task {name}: {v['line']}" for name, v in task.items() if not v["passed"])
     return stage("failed", outcome, "fp16-gate", f"{figures['target']} misses the gate: worst rel L2 "
-                 f"{figures['worst_rel_l2']:.2e}, min cosine {figures['min_cosine']:.6f}", **figures)
+                 f"{figures['worst_rel_l2']:.2e}, min cosine {figures['min_cosine']:.6f}"
+                 + (f"; {missed}" if missed else ""), **figures)
 
 
 def precision(outcome: Outcome, results: Path) -> dict:
