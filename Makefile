@@ -120,7 +120,7 @@ all:     compare bench
 # ---- evidence: one run that writes results/ and logs/ (run it in a clean clone) ----------------------------
 MORE_EVIDENCE := crepe_full resnet50_a1_in1k efficientnet_b0_ra_in1k mobilenetv3_large_100_ra_in1k \
                  vit_small_patch16_224_augreg_in21k_ft_in1k swin_tiny_patch4_window7_224_ms_in1k \
-                 resnet18_tv_standin ppocr_cls_mobile_v2 magika_standard_v3_3
+                 mobilenet_v2_imagenet1k resnet18_tv_standin ppocr_cls_mobile_v2 magika_standard_v3_3
 EVIDENCE_DATASETS ?= cnn8rnn_audioset_sed:1000:10000 convnext_base_clip_laion2b:200:0
 evidence: | $(ENV_STAMP)
 	$(MAKE) all MODEL="$(DEFAULTS)" HEAVY=1

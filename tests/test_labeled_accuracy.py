@@ -321,11 +321,10 @@ def test_bad_inputs_give_one_error_line_and_no_json(host, tmp_path, monkeypatch,
 
 
 PHOTOS = ROOT / "tests" / "data" / "photos"
-REAL = ROOT / "configs" / "mobilenet_v2_imagenet1k.yaml"
+REAL = ROOT / "configs" / "more" / "mobilenet_v2_imagenet1k.yaml"
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not REAL.is_file(), reason="no real-weights classifier (configs/mobilenet_v2_imagenet1k.yaml)")
 def test_real_photos_with_real_weights(tmp_path, monkeypatch):
     """chelsea.png is a tabby cat (ImageNet 281, its neighbours 282-285), coffee.png an espresso (967): every run
     has both in its top-5 and the espresso first."""
