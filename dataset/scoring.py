@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.batching import feed_names, run_rows, signature, stack
+from pipeline.classify import top_k
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.progress import Progress
 from run.engine import prepare_source
@@ -50,11 +51,6 @@ def torch_module(cfg: dict, family, meta: dict):
     return family.export_module(model, cfg), f"PyTorch {torch.__version__} eager on the CPU"
 
 
-def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """(rows, k) class indices, highest score first; ties keep the lower index."""
-    return np.argsort(-np.asarray(scores, np.float64), axis=1, kind="stable")[:, :k]
-
-
 class Runs:
     """The opened runners (target, reference) and the torch module (or None); top-k indices of a batch per run."""
 
@@ -70,7 +66,7 @@ class Runs:
                   "target": run_rows(self.target, feeds, pad)[0][self.output]}
         if self.module is not None:
             scores["torch"] = torch_outputs(self.module, feeds, self.cfg)[self.output]
-        return {run: top_indices(s, self.k) for run, s in scores.items()}
+        return {run: top_k(s, self.k) for run, s in scores.items()}
 
 
 def score_set(cfg: dict, family, lset, runs: Runs, input_meta) -> tuple[list[dict], list[dict]]:

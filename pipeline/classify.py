@@ -27,8 +27,8 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest scores, largest first; ties keep the lower index (stable)."""
-    return np.argsort(-np.asarray(scores, np.float64), kind="stable")[:k]
+    """Indices of the k largest scores along the last axis, largest first; ties keep the lower index (stable)."""
+    return np.argsort(-np.asarray(scores, np.float64), axis=-1, kind="stable")[..., :k]
 
 
 def compare_logits(ref: np.ndarray, tgt: np.ndarray, tie_logits: float) -> dict:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import classify
+
 from pipeline.errors import ConfigError
 from pipeline.paths import ROOT
 
@@ -47,7 +49,7 @@ def activate(scores: np.ndarray, how: str) -> np.ndarray:
 
 
 def top_k(row: np.ndarray, k: int, labels: list[str] | None) -> list[dict]:
-    idx = np.argsort(-row, kind="stable")[:k]
+    idx = classify.top_k(row, k)
     return [{"index": int(i), "label": labels[i] if labels else f"class_{i}", "score": round(float(row[i]), 6)}
             for i in idx]
 
