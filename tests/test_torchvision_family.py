@@ -16,7 +16,7 @@ from torchvision import models as tvm
 from models import torchvision_image as fam
 from models.torchvision_image import torch_model as tv
 from pipeline import wheel_files
-from pipeline.config import CONFIG_DIR, MORE_DIR, load_config
+from pipeline.config import MORE_DIR, load_config
 from pipeline.errors import ConfigError, InputError, UnknownModelError
 from pipeline.metrics import rel_l2
 from test_image_input import png_header_only
@@ -28,7 +28,7 @@ CATS, COFFEE, ROCKET = range(281, 286), {967, 968}, {657, 744, 812}     # ImageN
 
 
 def variant(tmp_path, name: str, base: str = "resnet18_tv_standin", **changes) -> dict:
-    raw = yaml.safe_load(((CONFIG_DIR if base == MNV2 else MORE_DIR) / f"{base}.yaml").read_text())
+    raw = yaml.safe_load((MORE_DIR / f"{base}.yaml").read_text())
     raw.update(name=name, **changes)
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
     return load_config(str(tmp_path / f"{name}.yaml"))
