@@ -105,6 +105,38 @@ def backend_lines() -> tuple[list[str], dict]:
     return lines, {"backends": table, "onnxruntime": {"providers": m.ort_providers, "error": m.ort_error}}
 
 
+def fp16_lines(models: list[str]) -> tuple[list[str], dict]:
+    """Per model with an exported ONNX: the op types onnxruntime's CPU cannot run in fp16 (the ort-fp16 target
+    emulates them by rounding), and what a built ort-fp16 target computes in fp16."""
+    try:
+        import onnx
+
+        from .fp16_truth import cpu_fp16_kernel_ops
+    except ImportError as exc:
+        return [f"doctor | fp16 on this CPU: not checked ({exc})"], {}
+    from pipeline.config import load_config
+    from pipeline.paths import ModelPaths
+
+    from . import backends
+
+    kernels = cpu_fp16_kernel_ops()
+    lines, facts = [], {}
+    for name in models:
+        paths = ModelPaths(name)
+        if not paths.onnx_sim.exists():
+            continue
+        ops = {n.op_type for n in onnx.load(str(paths.onnx_sim), load_external_data=False).graph.node}
+        missing = sorted(ops - kernels - {"Constant", "Shape", "Cast"})
+        built = backends.target_precision(load_config(name), "ort-fp16")
+        facts[name] = {"cpu_without_fp16_kernel": missing, "ort_fp16_target": built}
+        lines.append(f"doctor | {name}: onnxruntime's CPU has no fp16 kernel for {', '.join(missing) or 'none'}"
+                     + (" (the ort-fp16 target emulates them: fp32 arithmetic between fp16-rounded tensors, GRU/LSTM "
+                        "rounded per step)" if missing else ""))
+        if built:
+            lines.append(f"doctor | {name}: ort-fp16 target: {built['line']}")
+    return lines, facts
+
+
 def doctor(models: list | None = None, backend: str = "auto") -> int:
     """What Ascend software is installed, what each backend and stage does here (the `make doctor` stage)."""
     from pipeline.config import default_models
@@ -119,10 +151,12 @@ def doctor(models: list | None = None, backend: str = "auto") -> int:
     for line in blines:
         print(line)
     lines, plans = stage_lines(models or default_models(), backend)
-    for line in lines:
+    flines, ffacts = fp16_lines(models or default_models())
+    for line in lines + flines:
         print(line)
     report = provenance.header("doctor")
     report.update({**env, **bfacts, "missing": missing, "stage_plans": {"backend": backend, "models": plans},
+                   "fp16_on_cpu": ffacts,
                    "ready_for_om": bool(env["atc"]["path"]),
                    "ready_for_npu": bool(env["npu"]["chips"] and env["ais_bench"]["importable"])})
     out = Path(os.environ.get("PIPELINE_RESULTS_DIR") or ROOT / "results") / "env_info.json"

@@ -1,10 +1,16 @@
-"""The ort-fp16 target: the simplified ONNX computed in float16 inside, float32 at the inputs and outputs.
+"""The fp16 emulation of ATC's force_fp16 on the CPU: one model, used by the ort-fp16 target and the precision doctor.
 
-This is how ATC's default `force_fp16` computes, emulated on the CPU with onnxruntime. Constants are cast
-straight to fp16 (no clamping beyond fp16's own range), like a device cast.
+Under force_fp16 every tensor between ops is fp16: the cube unit takes fp16 in and accumulates in fp32, the vector
+unit computes in fp16, and graph inputs/outputs keep their fp32 type. onnxruntime's CPU provider has fp16 kernels
+for few ops (convert/fp16_truth.py lists them), and a model converted to fp16 runs the rest in fp32 with the
+rounding between them removed. So the emulation is explicit instead: every node that is not kept computes in fp32
+on fp16-rounded inputs and rounds its float outputs to fp16 (Cast to fp16 and back, which onnxruntime never
+removes; values beyond 65504 become inf, as a device cast does). Constants are stored in fp16. GRU and LSTM, which
+Ascend runs in fp16 only, are first rewritten by convert/rnn_fp16.py to round their state at every step.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -12,6 +18,9 @@ import numpy as np
 
 FP16_MAX = 65504.0
 FP16_MIN_SUBNORMAL = 5.960464477539063e-08
+UNROUNDED_OPS = ("Constant", "Shape", "Size")
+METHOD = ("fp32 arithmetic on fp16-rounded inputs, outputs rounded to fp16 (Cast pairs around every node not kept "
+          "in fp32); GRU/LSTM rounded to fp16 at every step (convert/rnn_fp16.py)")
 
 
 def initializer_range_report(model) -> dict:
@@ -29,156 +38,112 @@ def initializer_range_report(model) -> dict:
     return {"float32_constants": total, "overflow_count": over, "flush_to_zero_count": under}
 
 
-def split_consumed_outputs(model) -> int:
-    """Give every graph output that other nodes also read its own Identity.
-
-    The fp16 converter (keep_io_types) casts graph outputs back to fp32, and a node that reads the same
-    tensor would then get fp32 in an fp16 graph (onnxruntime refuses to load it).
-    """
-    from onnx import helper
-
-    consumed = {i for n in model.graph.node for i in n.input}
-    count = 0
-    for out in model.graph.output:
-        if out.name not in consumed:
-            continue
-        internal = out.name + "__internal"
-        for node in model.graph.node:
-            node.output[:] = [internal if o == out.name else o for o in node.output]
-            node.input[:] = [internal if i == out.name else i for i in node.input]
-        model.graph.node.append(helper.make_node("Identity", [internal], [out.name], name=out.name + "__identity"))
-        count += 1
-    return count
-
-
-def to_fp16(model, keep_op_types=(), keep_nodes=()):
-    """The fp16 model (fp32 inputs/outputs); ops of `keep_op_types` and nodes in `keep_nodes` stay fp32."""
-    import copy
-
-    from onnxconverter_common import float16
-
-    model = copy.deepcopy(model)
-    split_consumed_outputs(model)
-    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_op_types))
-    unshare_kept_constants(model, set(block), set(keep_nodes))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the converter warns once per truncated constant
-        m16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
-                                               node_block_list=list(keep_nodes),
-                                               min_positive_val=FP16_MIN_SUBNORMAL, max_finite_val=FP16_MAX)
-    retarget_casts(m16)
-    drop_round_trips(m16)
-    fp32_outputs(m16)
-    return m16
-
-
-def unshare_kept_constants(model, block_ops: set, keep_nodes: set) -> int:
-    """A float constant read by a node kept in fp32 and by an fp16 node: the converter leaves it fp32 for both, and
-    onnxruntime refuses the fp16 node. The kept nodes get their own copy (`<name>__fp32`)."""
-    import copy
-
-    kept = [n for n in model.graph.node if n.op_type in block_ops or n.name in keep_nodes]
-    others = {i for n in model.graph.node if n not in kept for i in n.input}
-    shared = {init.name: init for init in model.graph.initializer
-              if init.data_type == 1 and init.name in others and any(init.name in n.input for n in kept)}
-    for name, init in shared.items():
-        twin = copy.deepcopy(init)
-        twin.name = name + "__fp32"
-        model.graph.initializer.append(twin)
-    for n in kept:
-        n.input[:] = [i + "__fp32" if i in shared else i for i in n.input]
-    return len(shared)
-
-
-def fp32_outputs(model) -> int:
-    """A graph output whose node is kept in fp32 comes out of the converter cast to fp16 (despite keep_io_types);
-    the kept node writes the output in fp32 itself."""
-    from onnx import TensorProto
-
-    count = 0
-    for out in model.graph.output:
-        cast = next((n for n in model.graph.node if out.name in n.output), None)
-        if out.type.tensor_type.elem_type != TensorProto.FLOAT16 or cast is None or cast.op_type != "Cast" \
-                or not _inserted_fp16(cast.name):
-            continue
-        src = cast.input[0]
-        for n in model.graph.node:
-            n.output[:] = [out.name if o == src else o for o in n.output]
-            n.input[:] = [out.name if i == src else i for i in n.input]
-        model.graph.node.remove(cast)
-        out.type.tensor_type.elem_type = TensorProto.FLOAT
-        count += 1
-    return count
-
-
-def _inserted_fp16(name: str) -> bool:
-    """A Cast to fp16 the converter inserted: after a node kept in fp32, or at a graph input (keep_io_types)."""
-    return "_output_cast" in name or name.startswith("graph_input_cast")
-
-
-def drop_round_trips(model) -> int:
-    """Between two nodes kept in fp32 the converter stores the tensor in fp16 (Cast to fp16, then back to fp32);
-    ATC passes it on in fp32. Consumers of such a pair read the fp32 tensor directly; unused casts go."""
-    from onnx import TensorProto
-
-    def to(node):
-        return next((a.i for a in node.attribute if a.name == "to"), None)
-
-    producer = {o: n for n in model.graph.node for o in n.output}
-    graph_outputs = {o.name for o in model.graph.output}
-    direct = {}
-    for n in model.graph.node:
-        src = producer.get(n.input[0]) if n.op_type == "Cast" else None
-        if (src is not None and src.op_type == "Cast" and to(n) == TensorProto.FLOAT
-                and to(src) == TensorProto.FLOAT16 and "_input_cast" in n.name and _inserted_fp16(src.name)
-                and n.output[0] not in graph_outputs):
-            direct[n.output[0]] = src.input[0]
-    if not direct:
-        return 0
-    for n in model.graph.node:
-        n.input[:] = [direct.get(i, i) for i in n.input]
-    read = {i for n in model.graph.node if n.output[0] not in direct for i in n.input} | graph_outputs
-    keep = [n for n in model.graph.node
-            if not (n.op_type == "Cast" and (n.output[0] in direct or
-                                             (_inserted_fp16(n.name) and n.output[0] not in read)))]
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    return len(direct)
-
-
-def retarget_casts(model) -> int:
-    """A Cast to float32 inside the graph (e.g. shape arithmetic: int64 -> float, BEiT's attention scale) gets an
-    fp16 output type from the converter but keeps `to=FLOAT`, and onnxruntime refuses the model; cast to fp16."""
-    from onnx import TensorProto
-
-    fp16 = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT16}
-    count = 0
-    for node in model.graph.node:
-        if node.op_type == "Cast" and node.output[0] in fp16:
-            for a in node.attribute:
-                if a.name == "to" and a.i == TensorProto.FLOAT:
-                    a.i = TensorProto.FLOAT16
-                    count += 1
-    return count
-
-
-def convert_fp16(src: Path, dst: Path, keep_op_types: list[str], keep_nodes: list[str] = ()) -> dict:
+def _float_names(model) -> set[str]:
     import onnx
 
+    inferred = onnx.shape_inference.infer_shapes(model)
+    vis = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
+    names = {v.name for v in vis if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    names |= {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    return names
+
+
+def _round_pair(name: str, out: str):
+    from onnx import TensorProto, helper
+
+    return [helper.make_node("Cast", [name], [out + "_h"], to=TensorProto.FLOAT16, name=out + "_c1"),
+            helper.make_node("Cast", [out + "_h"], [out], to=TensorProto.FLOAT, name=out + "_c2")]
+
+
+def round_fp16(model, keep_nodes=(), keep_op_types=()):
+    """A copy of the fp32 model with fp16 rounding around every node that is not kept in fp32.
+
+    A kept node reads its inputs as the producers wrote them (fp16 values from fp16 nodes) and writes fp32; a
+    constant read by a kept node and an fp16 node is rounded for the fp16 node only."""
+    from onnx import numpy_helper
+
+    m = copy.deepcopy(model)
+    floats = _float_names(m)
+    kept, keep_types = set(keep_nodes), set(keep_op_types)
+    is_kept = lambda n: n.name in kept or n.op_type in keep_types  # noqa: E731
+    inits = {i.name: i for i in m.graph.initializer}
+    read_by_kept = {i for n in m.graph.node if is_kept(n) for i in n.input}
+    rounded: dict[str, str] = {}           # tensor -> its fp16-rounded twin
+    produced_rounded = set()
+    nodes = []
+    for node in m.graph.node:
+        if is_kept(node) or node.op_type in UNROUNDED_OPS:
+            nodes.append(node)
+            continue
+        for k, name in enumerate(node.input):
+            if name not in floats or name in produced_rounded:
+                continue
+            if name in inits:                                      # constants: stored in fp16
+                arr = numpy_helper.to_array(inits[name]).astype(np.float16).astype(np.float32)
+                if name in read_by_kept:
+                    twin = rounded.setdefault(name, name + "__fp16")
+                    if twin not in inits:
+                        inits[twin] = numpy_helper.from_array(arr, twin)
+                        m.graph.initializer.append(inits[twin])
+                    node.input[k] = twin
+                else:
+                    inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+                continue
+            if name not in rounded:
+                rounded[name] = f"{name}__fp16in"
+                nodes += _round_pair(name, rounded[name])
+            node.input[k] = rounded[name]
+        tail = []
+        for k, name in enumerate(list(node.output)):
+            if name not in floats:
+                continue
+            node.output[k] = f"{name}__fp32"
+            tail += _round_pair(node.output[k], name)
+            produced_rounded.add(name)
+        nodes += [node, *tail]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    del m.graph.value_info[:]
+    return m
+
+
+def emulate_fp16(model, keep_nodes=(), keep_op_types=()) -> tuple:
+    """(the emulation model, the recurrence report): recurrences rounded per step, then rounding around every node."""
+    from convert.rnn_fp16 import emulate_recurrences
+
+    kept_rnn = [n.name for n in model.graph.node if n.op_type in ("GRU", "LSTM")
+                and (n.name in set(keep_nodes) or n.op_type in set(keep_op_types))]
+    if kept_rnn:
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(f"fp16 keep lists name recurrent node(s) {kept_rnn[:3]}: Ascend runs GRU/LSTM in fp16 only "
+                          "(DynamicGRUV2 / DynamicRNN); remove them from fp16.keep_nodes / keep_op_types")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        emulated, report = emulate_recurrences(model, rounding=True)
+    return round_fp16(emulated, keep_nodes, keep_op_types), report
+
+
+def convert_fp16(src: Path, dst: Path, keep_op_types: list[str], keep_nodes: list[str] = (),
+                 input_shapes: dict | None = None) -> dict:
+    """Write the ort-fp16 target and report what it computes in fp16 (convert/fp16_truth.py)."""
+    import onnx
+
+    from convert.fp16_truth import truth
     from pipeline.atomic import atomic_path
+    from pipeline.errors import PipelineError
 
     model = onnx.load(str(src))
     report = initializer_range_report(model)
     names = {n.name for n in model.graph.node}
     missing = [n for n in keep_nodes if n not in names]
     if missing:
-        from pipeline.errors import PipelineError
-
         raise PipelineError(f"fp16.keep_nodes names {missing[:3]}, not in {src.name}; use names from `make precision`")
-    m16 = to_fp16(model, keep_op_types, keep_nodes)
+    m16, recurrences = emulate_fp16(model, keep_nodes, keep_op_types)
     with atomic_path(dst) as tmp:
         onnx.save(m16, str(tmp))
     kept = sum(1 for n in model.graph.node if n.op_type in set(keep_op_types) or n.name in set(keep_nodes))
+    t = truth(m16, model, input_shapes)
     report.update({"keep_op_types": sorted(keep_op_types), "keep_nodes": list(keep_nodes), "nodes_kept_fp32": kept,
-                   "converter": "onnxconverter_common.float16.convert_float_to_float16(keep_io_types=True)"})
+                   "method": METHOD, "recurrences": recurrences, "truth": {k: v for k, v in t.items() if k != "nodes"}})
     return report

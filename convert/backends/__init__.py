@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -224,6 +225,18 @@ def load_target(cfg: dict, name: str) -> dict:
     from pipeline.paths import ModelPaths
 
     return get(name).load_target(cfg, ModelPaths(cfg["name"]))
+
+
+def target_precision(cfg: dict, name: str) -> dict | None:
+    """What backend `name`'s built target computes in fp16 ({line, fp16_kernel_share, fp16_emulated_share,
+    fp32_share}), for every result that reports its figures; None for a target that makes no such claim."""
+    from pipeline.paths import ModelPaths
+
+    b = get(name)
+    path = b.target_path(ModelPaths(cfg["name"]))
+    if not path.exists():
+        return None
+    return b.precision(json.loads(path.read_text()))
 
 
 def open_runner(cfg: dict, requested: str, device=0, log=None):

@@ -103,5 +103,10 @@ class Backend(ABC):
             return f"Ascend NPU ({device or 'npu'}; {self.what})"
         return f"CPU ({self.name}: {self.what}; not an NPU)"
 
+    def precision(self, target: dict) -> dict | None:
+        """What the built target computes in fp16: {line, fp16_kernel_share, fp16_emulated_share, fp32_share} for
+        an emulation target, None for a target that makes no such claim."""
+        return None
+
     def __repr__(self) -> str:
         return f"<backend {self.name}>"

@@ -1,5 +1,7 @@
-"""`ort-fp16`: the CPU emulation of ATC's force_fp16 — the simplified ONNX converted to float16 inside (float32 graph
-inputs/outputs, fp16.keep_op_types / fp16.keep_nodes kept in fp32), run by onnxruntime's CPU provider.
+"""`ort-fp16`: the CPU emulation of ATC's force_fp16 — the simplified ONNX with every tensor between ops rounded to
+fp16 and GRU/LSTM rounded per step (convert/fp16.py; float32 graph inputs/outputs, fp16.keep_op_types /
+fp16.keep_nodes kept in fp32), run by onnxruntime's CPU provider. Its arithmetic is fp32: the target records, per
+node and as shares of compute, what was fp16 and what was emulated (convert/fp16_truth.py).
 
 It stands in for the .om where there is no NPU, so its build reports the Ascend pre-flight (errors are printed, not
 fatal) and writes build/<m>/atc.sh for the Ascend host, as `make om` always did.
@@ -11,7 +13,8 @@ from .base import Backend
 
 class OrtFp16Backend(Backend):
     name = "ort-fp16"
-    what = "CPU emulation of ATC's force_fp16: fp16 compute inside, fp32 inputs/outputs, onnxruntime"
+    what = ("CPU emulation of ATC's force_fp16: fp16-rounded tensors between ops, fp32 arithmetic, fp32 inputs/"
+            "outputs, onnxruntime")
     short = "the CPU emulation of ATC's force_fp16"
     device_kind = "cpu"
     batching = "any"
@@ -26,13 +29,28 @@ class OrtFp16Backend(Backend):
         from pipeline import provenance
 
         t0 = time.perf_counter()
-        rep = convert_fp16(paths.onnx_sim, paths.onnx_fp16, cfg["fp16"]["keep_op_types"], cfg["fp16"]["keep_nodes"])
-        log(f"om | ort-fp16 target {paths.onnx_fp16.name}: float16 inside, float32 inputs/outputs "
+        from convert.fp16_truth import short_line
+
+        rep = convert_fp16(paths.onnx_sim, paths.onnx_fp16, cfg["fp16"]["keep_op_types"], cfg["fp16"]["keep_nodes"],
+                           input_shapes(cfg))
+        log(f"om | ort-fp16 target {paths.onnx_fp16.name}: {rep['truth']['label']}; float32 inputs/outputs "
             f"({time.perf_counter() - t0:.1f} s; {rep['overflow_count']} constants above fp16 max, "
             f"{rep['flush_to_zero_count']} flushed to zero)")
+        log(f"om | ort-fp16 {short_line(rep['truth'])}")
+        if rep["truth"]["cpu_without_fp16_kernel"]:
+            log(f"om | onnxruntime's CPU has no fp16 kernel for {', '.join(rep['truth']['cpu_without_fp16_kernel'])}: "
+                "the target emulates them (fp32 arithmetic between fp16-rounded tensors, GRU/LSTM rounded per step)")
         return {"backend": "ort-fp16", "device": "cpu", "onnx": provenance.file_record(paths.onnx_fp16),
                 "source_onnx": provenance.file_record(paths.onnx_sim), "fp16_conversion": rep,
                 "emulates": "ATC --precision_mode=force_fp16 (fp16 compute, fp32 graph inputs/outputs)"}
+
+    def precision(self, target: dict) -> dict | None:
+        from convert.fp16_truth import short_line
+
+        t = (target.get("fp16_conversion") or {}).get("truth")
+        if not t:
+            return None
+        return {"line": short_line(t), **{k: t[k] for k in ("fp16_kernel_share", "fp16_emulated_share", "fp32_share")}}
 
     def open_runner(self, cfg, target, device=0):
         from pipeline.paths import ModelPaths
@@ -43,6 +61,12 @@ class OrtFp16Backend(Backend):
 
     def onnx_for_host(self, paths):
         return paths.onnx_fp16
+
+
+def input_shapes(cfg: dict) -> dict:
+    """Concrete input shapes for the compute shares: the first parity case (batch 1)."""
+    case = (cfg["export"].get("parity_cases") or [{}])[0]
+    return {t["name"]: [1, *case[t["name"]][1:]] for t in cfg["inputs"] if t["name"] in case}
 
 
 BACKEND = OrtFp16Backend()
