@@ -95,8 +95,11 @@ ROWS = (
      "parsed to CommonGRU, fused to DynamicGRUV2 (CommonGRUFusionPass), whose kernel takes float16 x and weights "
      "only (_check_dtype): no mixlist or keep_dtype entry keeps its matmuls in fp32; only its bias/output may be "
      "fp32"),
-    ("LSTM", 8, 18, "CommonLSTM", None, "NN common/src/framework/lstm_onnx_plugin.cpp",
-     "parsed to CommonLSTM; the fusion pass that rewrites it was not verified here"),
+    ("LSTM", 8, 18, "CommonLSTM", None, "NN common/src/framework/lstm_onnx_plugin.cpp; CD fusion_pass/graph_fusion/"
+     "ai_core/common_lstm_fusion_pass.cc; CD tbe/impl/dynamic/dynamic_rnn.py",
+     "parsed to CommonLSTM, rewritten to one DynamicRNN per direction (CommonLSTMFusionPass; W, R, B must be "
+     "constants), whose kernel takes float16 x, weights and state only: no mixlist or keep_dtype entry keeps it in "
+     "fp32"),
     ("Einsum", 8, 18, "Einsum", None, "MATH common/src/framework/einsum_onnx_plugin.cpp; CD fusion_pass/"
      "graph_fusion/ai_core/einsum_fusion_pass.cc",
      "EinsumFusionPass rewrites it into matmul/transpose/reshape ops that depend on the equation"),

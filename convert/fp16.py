@@ -51,8 +51,8 @@ def _float_names(model) -> set[str]:
 def _round_pair(name: str, out: str):
     from onnx import TensorProto, helper
 
-    return [helper.make_node("Cast", [name], [out + "_h"], to=TensorProto.FLOAT16, name=out + "_c1"),
-            helper.make_node("Cast", [out + "_h"], [out], to=TensorProto.FLOAT, name=out + "_c2")]
+    return [helper.make_node("Cast", [name], [out + "__half"], to=TensorProto.FLOAT16, name=out + "__to_fp16"),
+            helper.make_node("Cast", [out + "__half"], [out], to=TensorProto.FLOAT, name=out + "__to_fp32")]
 
 
 def round_fp16(model, keep_nodes=(), keep_op_types=()):

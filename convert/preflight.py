@@ -60,6 +60,7 @@ PARSER_OPS_RANGE = {
 PARSER_BUILTIN = {"Constant"}                 # turned into weights by the parser itself
 COMPUTE_OPS = {"Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "Pow", "Mod", "ReduceSum", "ReduceMean", "CumSum"}
 CHECKS = ["opset 11-18", "ops in ATC's ONNX parser map (If subgraphs too)", "custom domains",
+          "GRU/LSTM attributes ATC reads",
           "ATC commands from the config (shapes, gears, precision options)", "config inputs vs graph inputs",
           "int64 compute (AI CPU)", "keep_dtype node names exist"]
 
@@ -91,6 +92,38 @@ def all_nodes(graph):
 
 def _config_input(cfg: dict, name: str) -> dict | None:
     return next((t for t in cfg["inputs"] if t["name"] == name), None)
+
+
+IGNORED_RNN_ATTRS = ("activations", "activation_alpha", "activation_beta", "clip", "input_forget", "layout")
+UNROLL_FIX = "set export.unroll_recurrence: true (a static sequence length) so ATC gets ordinary MatMul/Sigmoid/Tanh ops"
+
+
+def recurrence_findings(nodes) -> list[dict]:
+    """GRU/LSTM that ATC would build differently from the ONNX: its parser reads hidden_size and direction only
+    (gru/lstm_onnx_plugin.cpp), and DynamicGRUV2 computes the reset gate after the matmul (linear_before_reset=1)."""
+    out = []
+    for n in nodes:
+        if n.op_type not in ("GRU", "LSTM"):
+            continue
+        attrs = {a.name: a for a in n.attribute}
+        if n.op_type == "GRU" and not (attrs.get("linear_before_reset") and attrs["linear_before_reset"].i):
+            out.append(finding("error", "gru_reset", f"GRU {n.name} has linear_before_reset=0; Ascend's DynamicGRUV2 "
+                               "computes linear_before_reset=1 and ATC does not read the attribute, so the .om would "
+                               "compute other numbers", UNROLL_FIX + ", or export a reset-after GRU (PyTorch's nn.GRU)"))
+        ignored = [a for a in IGNORED_RNN_ATTRS if a in attrs]
+        if len(n.input) > 4 and n.input[4]:
+            ignored.append("sequence_lens")
+        if n.op_type == "LSTM" and len(n.input) > 7 and n.input[7]:
+            ignored.append("P (peepholes)")
+        if ignored:
+            out.append(finding("error", "rnn_attrs", f"{n.op_type} {n.name} sets {', '.join(ignored)}, which ATC's "
+                               "ONNX parser ignores", UNROLL_FIX))
+        direction = attrs["direction"].s.decode() if "direction" in attrs else "forward"
+        if n.op_type == "GRU" and direction == "reverse":
+            out.append(finding("warning", "gru_reverse", f"GRU {n.name} runs in reverse only; the one-direction path of "
+                               "DynamicGRUV2 was not seen to honour direction in the sources read",
+                               "check the .om against `make compare` on an NPU host, or " + UNROLL_FIX))
+    return out
 
 
 def check_model(model, cfg: dict) -> list[dict]:
@@ -125,6 +158,7 @@ def check_model(model, cfg: dict) -> list[dict]:
         if n.domain not in ("", "ai.onnx"):
             out.append(finding("error", "custom_domain", f"node {n.name} ({n.domain}::{n.op_type}) is a custom op",
                                "re-export without custom ops or register a custom ATC plugin"))
+    out += recurrence_findings(nodes)
     atc = cfg["atc"]
     for inp in model.graph.input:
         conf = _config_input(cfg, inp.name)

@@ -194,3 +194,26 @@ def test_report_names_the_ascend_op_types(tmp_path):
     rep = run_preflight(path, cfg_for([{"name": "image", "shape": ["batch", 3, 256, 256]}]))
     assert rep["ascend_op_types"] == {"Div": ["RealDiv"], "Flatten": None, "Gemm": ["MatMulV2"],
                                       "GlobalAveragePool": ["ReduceMeanD"], "Softmax": ["SoftmaxV2"]}
+
+
+def test_recurrences_atc_would_build_differently():
+    """ATC's parser reads hidden_size and direction only and DynamicGRUV2 is reset-after: a reset-before GRU or an
+    LSTM with clip is an error naming the unroll fix; a reset-after GRU passes; a reverse-only GRU is a warning."""
+    w = helper.make_tensor("W", TensorProto.FLOAT, [1, 12, 4], np.zeros(48, np.float32))
+    r = helper.make_tensor("R", TensorProto.FLOAT, [1, 12, 4], np.zeros(48, np.float32))
+    w4 = helper.make_tensor("W4", TensorProto.FLOAT, [1, 16, 4], np.zeros(64, np.float32))
+    r4 = helper.make_tensor("R4", TensorProto.FLOAT, [1, 16, 4], np.zeros(64, np.float32))
+    xs, ys = [vi("x", [5, 1, 4])], [vi("y", None)]
+
+    def rnn(op, **attrs):
+        ins = ["x", "W", "R"] if op == "GRU" else ["x", "W4", "R4"]
+        return model([helper.make_node(op, ins, ["y"], name="rnn", hidden_size=4, **attrs)], xs, ys,
+                     inits=[w, r] if op == "GRU" else [w4, r4])
+
+    assert codes(check_model(rnn("GRU", linear_before_reset=1), cfg_for(IMG))) == []
+    found = check_model(rnn("GRU"), cfg_for(IMG))
+    assert codes(found) == [("error", "gru_reset")] and "export.unroll_recurrence" in found[0]["fix"]
+    found = check_model(rnn("LSTM", clip=3.0), cfg_for(IMG))
+    assert codes(found) == [("error", "rnn_attrs")] and "clip" in found[0]["message"]
+    assert codes(check_model(rnn("GRU", linear_before_reset=1, direction="reverse"), cfg_for(IMG))) == \
+        [("warning", "gru_reverse")]
