@@ -111,8 +111,6 @@ def recurrence_findings(nodes) -> list[dict]:
                                "computes linear_before_reset=1 and ATC does not read the attribute, so the .om would "
                                "compute other numbers", UNROLL_FIX + ", or export a reset-after GRU (PyTorch's nn.GRU)"))
         ignored = [a for a in IGNORED_RNN_ATTRS if a in attrs]
-        if len(n.input) > 4 and n.input[4]:
-            ignored.append("sequence_lens")
         if n.op_type == "LSTM" and len(n.input) > 7 and n.input[7]:
             ignored.append("P (peepholes)")
         if ignored:
