@@ -1,4 +1,7 @@
-"""make compare: target outputs vs the onnxruntime CPU fp32 reference on the same saved inputs, with a gate."""
+"""make compare: target outputs vs the onnxruntime CPU fp32 reference on the same saved inputs, with a gate.
+
+A stateful model (state_carry) is compared as it runs: the reference carries its own state from its own outputs
+(run/reference.py), so a target whose state drifts is seen drifting, not handed the target's state each step."""
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +20,8 @@ from pipeline.log import StageLog
 from pipeline.metrics import gate_check
 from pipeline.paths import ModelPaths
 from pipeline.progress import Progress
-from run.reference import iter_reference, reference_chunks
+from run.engine import item_context
+from run.reference import check_sequences, iter_reference, reference_chunks
 
 from .explain import explain_output
 
@@ -64,15 +68,16 @@ def summarize(rows: list[dict], gate: dict) -> dict:
 class TaskMetrics:
     """Collects the items of one source at a time (manifest order) and asks the family for its task figures."""
 
-    def __init__(self, cfg, family, manifest, meta):
+    def __init__(self, cfg, family, manifest, meta, inputs_dir):
         self.cfg, self.family, self.manifest, self.meta = cfg, family, manifest, meta
+        self.inputs_dir = inputs_dir
         self.current, self.ref, self.tgt, self.per_source = None, [], [], []
 
     def add(self, item, ref_out, tgt_out) -> None:
         if item["source_index"] != self.current:
             self._flush()
             self.current = item["source_index"]
-        ctx = item.get("context", {})
+        ctx = item_context(self.inputs_dir, item)
         self.ref.append({**ref_out, **ctx})
         self.tgt.append({**tgt_out, **ctx})
 
@@ -103,18 +108,20 @@ def compare(model: str, backend: str = 'auto', engine: str = 'local', workers: s
     manifest, out_manifest = load_run(paths, backend, cfg)
     family = load_family(cfg["family"])
     weights_meta = json.loads((paths.build / "weights.json").read_text())
-    tasks = TaskMetrics(cfg, family, manifest, weights_meta) if family.has("task_metrics", cfg) else None
+    tasks = TaskMetrics(cfg, family, manifest, weights_meta, paths.inputs) if family.has("task_metrics", cfg) else None
     comp = cfg["compare"]
     outputs = [t["name"] for t in cfg["outputs"]]
     gates = {name: gate_for(cfg, name) for name in outputs}
     rows = {name: [] for name in outputs}
     progress = Progress(len(manifest["items"]), "compare", unit="item")
     pad = cfg["infer"]["pad"]
+    chunks = reference_chunks(manifest, cfg["infer"]["batch_size"])
+    check_sequences(manifest, chunks, family.state_carry(cfg),
+                    f"rerun `make infer MODEL={cfg['name']} BACKEND={backend}` to rewrite the saved inputs")
     if engine == "ray":
         from run.ray_engine import run_reference_ray      # only with ENGINE=ray: the default path never imports ray
 
-        ref_desc = run_reference_ray(cfg, paths, manifest, reference_chunks(manifest, cfg["infer"]["batch_size"]),
-                                     pad, workers, log)
+        ref_desc = run_reference_ray(cfg, paths, manifest, chunks, pad, workers, log)
         ref_runner = None
     else:
         ref_runner = reference_runner(cfg)

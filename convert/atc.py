@@ -148,8 +148,13 @@ def _check_gears(option: str, gears: list, soc: str, source: str) -> None:
 def input_shape(cfg: dict, batch: int | str) -> tuple[str, int]:
     """ATC --input_shape with the ONNX input names; returns (value, number of gear dims (-1) after batch)."""
     atc, parts, gear_dims = cfg["atc"], [], 0
+    fixed = [t["name"] for t in cfg["inputs"] if isinstance(t["shape"][0], int)]
+    if fixed and (str(batch) == "-1" or len(atc["batch_sizes"]) > 1):
+        raise ConfigError(f"{cfg['_source']}: input(s) {fixed} have a fixed first axis (no batch axis there, e.g. a "
+                          "carried state): build one batch size, atc.batch_sizes: [1] with batch_mode: per_batch")
     for t in cfg["inputs"]:
-        dims = [str(batch)]
+        # axis 0 is the batch axis when the config names it; a fixed axis 0 (a state [2, batch, h]) is taken as is
+        dims = [str(batch) if not isinstance(t["shape"][0], int) else str(t["shape"][0])]
         for d in t["shape"][1:]:
             if isinstance(d, int):
                 dims.append(str(d))

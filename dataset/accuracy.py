@@ -54,7 +54,7 @@ def run_accuracy(model: str, backend: str = "auto", input: str = "", device: int
     log(f"accuracy | {cfg['name']}: {len(lset.files)} labelled file(s) from {lset.path} ({lset.kind}), "
         f"batch {cfg['infer']['batch_size']}, target {backend}")
     with backends.open_runner(cfg, backend, device) as target, reference_runner(cfg) as ref:
-        runs = Runs(cfg, target, ref, module, output, min(TOP_K, classes))
+        runs = Runs(cfg, target, ref, module, output, min(TOP_K, classes), family.state_carry(cfg))
         rows, failed = score_set(cfg, family, lset, runs, target.get_input_metadata())
         devices = {"target": (target.device, target.describe()), "onnx": (ref.device, ref.describe())}
     if not rows:

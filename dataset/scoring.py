@@ -3,13 +3,14 @@
 Every file is prepared once with the family's `prepare` (exactly as `make infer` does, bad files caught per file)
 and the same arrays go to the three runs, in batches of infer.batch_size run by the one batching rule
 (pipeline.batching.run_rows: built sizes, padding). Only the top-k class indices of each file are kept, so memory
-stays flat over any number of files.
+stays flat over any number of files. A stateful family (state_carry) is scored one file per device run, never
+stacked or padded (pipeline.batching.run_sequence: its one item runs with the initial state prepare gave).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.batching import feed_names, run_rows, signature, stack
+from pipeline.batching import feed_names, run_rows, run_sequence, signature, stack
 from pipeline.classify import top_k
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.progress import Progress
@@ -54,16 +55,19 @@ def torch_module(cfg: dict, family, meta: dict):
 class Runs:
     """The opened runners (target, reference) and the torch module (or None); top-k indices of a batch per run."""
 
-    def __init__(self, cfg: dict, target, reference, module, output: str, k: int):
+    def __init__(self, cfg: dict, target, reference, module, output: str, k: int, carry: dict | None = None):
         self.cfg, self.target, self.reference, self.module = cfg, target, reference, module
-        self.output, self.k = output, k
+        self.output, self.k, self.carry = output, k, carry or {}
+
+    def run(self, runner, feeds: dict) -> np.ndarray:
+        if self.carry:              # one file (one item) per device run, its state as prepared
+            return run_sequence(runner, [feeds], self.carry, feed_names(self.cfg))[0][1][self.output]
+        return run_rows(runner, feeds, self.cfg["infer"]["pad"])[0][self.output]
 
     def batch(self, feeds: dict) -> dict[str, np.ndarray]:
         from export.stage import torch_outputs
 
-        pad = self.cfg["infer"]["pad"]
-        scores = {"onnx": run_rows(self.reference, feeds, pad)[0][self.output],
-                  "target": run_rows(self.target, feeds, pad)[0][self.output]}
+        scores = {"onnx": self.run(self.reference, feeds), "target": self.run(self.target, feeds)}
         if self.module is not None:
             scores["torch"] = torch_outputs(self.module, feeds, self.cfg)[self.output]
         return {run: top_k(s, self.k) for run, s in scores.items()}
@@ -71,7 +75,7 @@ class Runs:
 
 def score_set(cfg: dict, family, lset, runs: Runs, input_meta) -> tuple[list[dict], list[dict]]:
     """Per-file predictions {file, label, torch, onnx, target} in set order, and the files that failed."""
-    names, size = feed_names(cfg), cfg["infer"]["batch_size"]
+    names, size = feed_names(cfg), 1 if runs.carry else cfg["infer"]["batch_size"]
     jobs = ((i,) for i in range(len(lset.files)))
     prepared = prefetch(lambda i: prepare_source(family, cfg, input_meta, i, lset.files[i]), jobs, max(2, 2 * size))
     progress = Progress(len(lset.files), "accuracy")

@@ -205,3 +205,32 @@ def postprocess(cfg: dict, source: Path, items: list[dict], meta: dict):
                "top_k": [{"index": int(i), "label": names[i], "score": round(float(probs[i]), 6),
                           "logit": round(float(out[i]), 4)} for i in top]}
     return summary, {"logits": out, "probabilities": probs.astype(np.float32)}
+
+
+SIMILARITY_FILES = 50        # the run summary's cosine matrix covers at most this many files
+
+
+def run_summary(cfg: dict, summaries: list) -> dict:
+    """Embedding head: the cosine similarity matrix between the files' embeddings (the first SIMILARITY_FILES
+    files, rounded to 3 decimals, named by file); a classifier head has no run-level figures."""
+    from pipeline.contract import EMBEDDING_ARRAY, RUN_ARRAYS_KEY
+
+    if cfg["model"]["head"] != "embedding" or not summaries:
+        return {}
+    shown = summaries[:SIMILARITY_FILES]
+    vecs = []
+    for _source, summary in shown:
+        v = np.load(summary[RUN_ARRAYS_KEY][EMBEDDING_ARRAY]).astype(np.float64).ravel()
+        n = np.linalg.norm(v)
+        vecs.append(v / n if n > 0 else v)
+    sim = np.stack(vecs) @ np.stack(vecs).T
+    names = [Path(source).name for source, _ in shown]
+    note = (f"the first {len(shown)} of {len(summaries)} files (the matrix is capped at {SIMILARITY_FILES})"
+            if len(summaries) > len(shown) else f"all {len(shown)} file(s)")
+    return {"files": len(summaries),
+            "cosine_similarity": {
+                "title": "Cosine similarity between the files' embeddings",
+                "files": names, "columns": ["file", *[str(i + 1) for i in range(len(names))]],
+                "rows": [[f"{i + 1} {name}", *[round(float(x), 3) for x in row]]
+                         for i, (name, row) in enumerate(zip(names, sim))],
+                "note": f"Rows and columns: {note}, in input order; 1.000 = same direction."}}

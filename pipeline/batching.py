@@ -7,10 +7,17 @@ is padded up to the smallest size that holds it (repeating the last row, or zero
 smaller built sizes, whichever costs fewer device runs: padding takes one run, and splitting takes one only
 when the rest is itself a built size, so a rest is run as is when it is built and padded otherwise. Padded rows'
 outputs are dropped, so results count only real items.
+
+A stateful family (contract hook state_carry) is the exception, and `run_sequence` is its one loop (infer on both
+engines, compare's reference, bench's pipeline figure, the labelled-set scoring): the items of one source run in
+order, one item per device run, never stacked with other items or padded (a state's batch axis need not be axis 0),
+and item k's carried outputs replace the state inputs of item k+1.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .errors import PipelineError
 
 PAD_MODES = ("repeat", "zeros")
 
@@ -79,3 +86,48 @@ def run_rows(runner, feeds: dict, pad: str = "repeat") -> tuple[dict, int]:
         parts.append({k: v[:real] for k, v in out.items()})
         start += real
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, len(plan)
+
+
+def run_sequence(runner, items: list[dict], carry: dict[str, str], names: list[str], where: str = "",
+                 chunks: list[int] | None = None) -> list[tuple[dict, dict]]:
+    """Run the items of ONE source in order, one device run each, carrying state: the outputs named by `carry`
+    ({output: input}) of item k are fed as those inputs of item k+1 (item 0 keeps the state it was prepared with).
+    `chunks`: each item's position in its source (the manifest's chunk index); it must be 0, 1, 2, ... in order,
+    else the items are out of order (a split or shuffled source) and the carried state would be wrong.
+    Returns [(the feeds actually run, the outputs)] per item; device runs = len(items)."""
+    where = f"{where}: " if where else ""
+    if chunks is not None and list(chunks) != list(range(len(chunks))):
+        raise PipelineError(f"{where}items out of order for the carried state: chunks {list(chunks)[:12]}, expected "
+                            f"0..{len(chunks) - 1} in order (a stateful source runs whole and in order); rerun "
+                            "`make infer` so that build/<model>/inputs holds each source's items in order")
+    _check_target(runner, items[0] if items else {}, names, where)
+    done, prev = [], None
+    for k, item in enumerate(items):
+        fed = {n: item[n] for n in names}
+        if prev is not None:
+            for out, inp in carry.items():
+                state, want = prev[out], item[inp]
+                if state.shape != want.shape:
+                    raise PipelineError(
+                        f"{where}output {out} of item {k - 1} has shape {list(state.shape)}, but it feeds input "
+                        f"{inp} of item {k}, prepared as {list(want.shape)}; the target was built for another "
+                        "state shape than the family prepares: rebuild it (`make export om`) for the config's shapes")
+                fed[inp] = np.ascontiguousarray(state, dtype=want.dtype)
+        prev = runner.infer(fed)
+        done.append((fed, prev))
+    return done
+
+
+def _check_target(runner, item: dict, names: list[str], where: str) -> None:
+    """A fixed-shape target (a static .om) given a chunk it was not built for: one line naming the built shape."""
+    if not item:
+        return
+    for m in runner.get_input_metadata():
+        if m.name not in names:
+            continue
+        got, want = list(item[m.name].shape), list(m.shape or [])
+        if len(got) != len(want) or any(w is not None and int(w) >= 0 and int(w) != g for w, g in zip(want, got)):
+            built = "[" + ", ".join("?" if w is None or int(w) < 0 else str(w) for w in want) + "]"
+            raise PipelineError(f"{where}input {m.name} is {got}, the target was built for {built}; a stateful model "
+                                "runs one item per device run at the built shapes: make prepare give that shape (the "
+                                "chunk size), or rebuild the target (`make export om`) for the prepared one")

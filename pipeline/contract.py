@@ -60,12 +60,18 @@ HOOKS: tuple[Hook, ...] = (
          "deterministic sample files (count defaults to infer.samples, seed to infer.seed)"),
     Hook("prepare", "host", True, "(source, cfg, input_meta) -> list[dict]",
          "model-input items {input_name: array, batch dim 1}; keys starting with '_' are context that "
-         "postprocess gets back; PipelineError for a bad file"),
+         "postprocess gets back (JSON values, kept in the manifest, or numpy arrays, saved as .npy beside the "
+         "inputs; anything else is an error); PipelineError for a bad file"),
     Hook("postprocess", "host", True, "(cfg, source, items, meta) -> (summary, arrays)",
          "items: outputs (+ context) of each prepared item; meta: build/<m>/weights.json; a JSON-able summary "
          "and named arrays saved as .npy"),
     Hook("random_input", "host", True, "(name, shape, rng, cfg) -> np.ndarray",
          "a realistic seeded input of that shape (parity, bench, precision)"),
+    Hook("state_carry", "host", False, "(cfg) -> dict[str, str]",
+         "{output name: input name} carried from each item to the next item of the same source (an LSTM's state): "
+         "prepare gives a source's items in order, each with every input (state inputs hold the initial state); for "
+         "item k > 0 the stages feed item k-1's outputs instead. The stages then run a source's items in order, one "
+         "item per device run (pipeline.batching.run_sequence). {} = stateless", _empty_dict),
     Hook("host_artifacts", "host", False, "(cfg) -> list[str]",
          "file names in build/<m>/ that prepare/postprocess read (written by export_artifacts); copied with "
          "the build folder to an Ascend host and into scratch trees", _empty_list),
@@ -79,6 +85,11 @@ HOOKS: tuple[Hook, ...] = (
          "extra figures of a bench row (front-end cost, audio seconds)", _empty_dict),
     Hook("frames_from_outputs", "host", False, "(cfg, outputs, frames) -> np.ndarray",
          "the frame matrix (frames, classes) from one item's raw outputs (capability `frame_output`)", _none),
+    Hook("run_summary", "host", False, "(cfg, summaries: list[tuple[str, dict]]) -> dict",
+         "figures over the whole run from (source, summary) of every file that succeeded, in source order (each "
+         "summary also holds RUN_ARRAYS_KEY: {array name: path of its saved .npy}); called once at the end of make "
+         "infer, written into inference_result.json (`run_summary`) and shown in the report: scalars as lines, "
+         "{columns, rows} values as tables", _empty_dict),
     Hook("text_outputs", "host", False, "(cfg, summary, arrays) -> dict[str, str]",
          "text files beside a file's arrays, by suffix (e.g. {'f0.csv': ...}), written atomically", _empty_dict),
     Hook("report_plots", "host", False, "(cfg, source, ref_items, tgt_arrays, meta, out_dir) -> list[tuple]",
@@ -130,6 +141,44 @@ FRAME_ARRAY = "framewise"
 FRAME_HOP_KEY = "frame_hop_s"
 EMBEDDING_ARRAY = "embedding"
 TOP_K_KEY = "top_k"
+# what make infer adds to each per-file summary it hands to run_summary: {array name: path of the saved .npy}
+RUN_ARRAYS_KEY = "_arrays"
+
+
+def check_state_carry(cfg: dict, carry, source: str) -> None:
+    """A family's state_carry(cfg) against the config's tensors, at config load: one ConfigError line."""
+    if not carry:
+        return
+    hint = "state_carry(cfg) returns {output name: input name}, e.g. {'stateN': 'state'}"
+    if not isinstance(carry, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in carry.items()):
+        raise ConfigError(f"{source}: the {cfg['family']} family's state_carry gives {carry!r}; {hint}")
+    ins = {t["name"]: t for t in cfg["inputs"]}
+    outs = {t["name"]: t for t in cfg["outputs"]}
+    for out, inp in carry.items():
+        if out not in outs:
+            raise ConfigError(f"{source}: state_carry carries output '{out}', which the config does not have (its "
+                              f"outputs are {list(outs)}); name an output of the model, or fix the config's outputs")
+        if inp not in ins:
+            raise ConfigError(f"{source}: state_carry feeds output '{out}' into input '{inp}', which the config does "
+                              f"not have (its inputs are {list(ins)}); name an input of the model")
+    fed = list(carry.values())
+    twice = sorted({n for n in fed if fed.count(n) > 1})
+    if twice:
+        raise ConfigError(f"{source}: state_carry feeds input(s) {twice} from more than one output; carry one output "
+                          "into each state input")
+    first = cfg["inputs"][0]["name"]
+    if first in fed:
+        raise ConfigError(f"{source}: state_carry feeds the first input '{first}'; the runners read the batch from the "
+                          "first input, so list a per-item input (the audio chunk) first and the state after it")
+    for out, inp in carry.items():
+        o, i = outs[out], ins[inp]
+        if o["dtype"] != i["dtype"]:
+            raise ConfigError(f"{source}: state_carry feeds output {out} ({o['dtype']}) into input {inp} "
+                              f"({i['dtype']}); a carried state keeps its dtype: make them equal")
+        fixed = all(isinstance(d, int) for d in o["shape"] + i["shape"])
+        if len(o["shape"]) != len(i["shape"]) or (fixed and o["shape"] != i["shape"]):
+            raise ConfigError(f"{source}: state_carry feeds output {out} {o['shape']} into input {inp} {i['shape']}; "
+                              "a carried state keeps its shape: make them equal")
 
 
 class Family:

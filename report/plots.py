@@ -70,11 +70,14 @@ def audio_heatmap(target_frames: np.ndarray, ref_frames: np.ndarray, labels: lis
     return save_png(fig, path)
 
 
-def embedding_difference(target: np.ndarray, ref: np.ndarray, path: Path) -> Path:
+def embedding_difference(target: np.ndarray, ref: np.ndarray, path: Path, what: str = "") -> Path:
+    """target − reference per dimension of one item's raw embedding output; `what` names that item in the title
+    (e.g. "output embedding of item 1 of 3 of cat.jpg": a file of several items shows its first, not a mean)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 3))
     ax.plot(target.ravel() - ref.ravel(), lw=0.6)
-    ax.set(title="embedding difference per dimension (target − reference)", xlabel="dimension", ylabel="difference")
+    title = "embedding difference per dimension (target − reference)" + (f"\n{what}" if what else "")
+    ax.set(title=title, xlabel="dimension", ylabel="difference")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_png(fig, path)

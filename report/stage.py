@@ -18,7 +18,7 @@ from pipeline import stages
 
 from . import plots
 from .tables import (accuracy_table, dataset_table, device_label, environment, export_table, get,
-                     labeled_accuracy_table, performance_table, precision_table, weights_line)
+                     labeled_accuracy_table, performance_table, precision_table, run_summary_lines, weights_line)
 
 FILES = tuple(f.removesuffix(".json") for f in stages.RESULT_FILES)     # every stage's results/<m>/ file
 PUBLISHED = ("accuracy_eval", "labeled_accuracy", "performance_eval")   # proof files the model card carries
@@ -53,7 +53,9 @@ def model_plots(cfg, paths, docs) -> list[tuple[str, Path]]:
     try:
         tgt_arrays = {n: np.load(tgt_dir / a["file"]) for n, a in arrays.items() if a["file"].endswith(".npy")}
         manifest = json.loads((paths.inputs / "manifest.json").read_text())
-        ctx = {it["id"]: it.get("context", {}) for it in manifest["items"] if it["id"] in sample["items"]}
+        from run.engine import item_context
+
+        ctx = {it["id"]: item_context(paths.inputs, it) for it in manifest["items"] if it["id"] in sample["items"]}
         ref_items = [{**{t["name"]: np.load(ref_dir / f"{i}.{t['name']}.npy") for t in cfg["outputs"]}, **ctx.get(i, {})}
                      for i in sample["items"]]
         meta = json.loads((paths.build / "weights.json").read_text())
@@ -70,9 +72,11 @@ def model_plots(cfg, paths, docs) -> list[tuple[str, Path]]:
                                             sample["summary"].get(FRAME_HOP_KEY, 0.01), d / "frames_heatmap.png")))
         elif family.has("embedding", cfg) and EMBEDDING_ARRAY in arrays:
             name = cfg["outputs"][0]["name"]
-            out.append(("Embedding difference per dimension, first sample",
+            what = f"output {name} of item 1 of {len(sample['items'])} of {Path(sample['source']).name}"
+            out.append((f"Embedding difference per dimension, {what} (the first file)",
                         plots.embedding_difference(np.load(tgt_dir / "items" / f"{item}.{name}.npy"),
-                                                   np.load(ref_dir / f"{item}.{name}.npy"), d / "embedding_diff.png")))
+                                                   np.load(ref_dir / f"{item}.{name}.npy"), d / "embedding_diff.png",
+                                                   what)))
     except FileNotFoundError:
         out.append(("(array plots skipped: build/ outputs of `make infer` and `make compare` are not here)", None))
     return out
@@ -98,6 +102,9 @@ def model_report(cfg, docs, env_info, figs) -> str:
              "## Performance", "", *performance_table(docs["performance_eval"]), "",
              "## Dataset-scale run", "", *dataset_table(docs["dataset_run"]), "",
              "## Precision findings", "", *precision_table(docs["precision_report"]), ""]
+    if inf and inf.get("run_summary"):
+        lines += ["## Run summary", "", f"Over the {inf.get('sources_ok')} file(s) of the last `make infer` "
+                  f"({inf.get('backend')}), from the model family's run_summary:", "", *run_summary_lines(inf), ""]
     if inf and inf.get("timing", {}).get("real_time_factor"):
         lines += [f"`make infer` real-time factor: {inf['timing']['real_time_factor']:.1f} "
                   f"({inf['timing']['audio_s']:.1f} s of audio) [↗](inference_result.json#/timing/real_time_factor)", ""]

@@ -232,3 +232,31 @@ def labeled_accuracy_table(doc: dict | None) -> list[str]:
         lines.append(f"{cell(doc, f, '/failed_count', '{}')} file(s) could not be read and are not counted "
                      f"(listed in `failed`).")
     return lines
+
+
+def run_summary_lines(doc: dict | None) -> list[str]:
+    """The family's run_summary (inference_result.json#/run_summary): scalars and short lists as lines, a
+    {columns, rows} value as a table, anything else as JSON."""
+    import json
+
+    summary = (doc or {}).get("run_summary") or {}
+    lines, blocks = [], []
+    for key, v in summary.items():
+        link = f"[↗](inference_result.json#/run_summary/{key})"
+        if isinstance(v, dict) and isinstance(v.get("columns"), list) and isinstance(v.get("rows"), list):
+            title = v.get("title", key)
+            table = [f"{title} {link}:", "", "| " + " | ".join(map(str, v["columns"])) + " |",
+                     "|" + "---|" * len(v["columns"])]
+            table += ["| " + " | ".join(map(str, r)) + " |" for r in v["rows"]]
+            if v.get("note"):
+                table += ["", str(v["note"])]
+            blocks.append(table)
+        elif isinstance(v, (str, int, float, bool)) or v is None or \
+                (isinstance(v, list) and len(v) <= 12 and all(isinstance(x, (str, int, float)) for x in v)):
+            text = f"{v:.4g}" if isinstance(v, float) else ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+            lines.append(f"- {key}: {text} {link}")
+        else:
+            blocks.append([f"{key} {link}:", "", "```json", json.dumps(v, indent=1)[:4000], "```"])
+    for b in blocks:
+        lines += ([""] if lines else []) + b
+    return lines

@@ -56,7 +56,18 @@ def latency_stats(ms: list[float]) -> dict:
             "std": float(a.std()), "cv": float(a.std() / a.mean()) if a.mean() > 0 else None}
 
 
-def concrete_shape(tensor: dict, batch: int, case: dict) -> list[int]:
+def concrete_shape(tensor: dict, batch: int, case: dict, carried: bool = False, batch_axis: str = "") -> list[int]:
+    """The input's shape at this batch; a carried state (state_carry) keeps its declared layout, whose batch need
+    not be axis 0: its fixed dims as declared, a dim named like the first input's batch axis set to `batch`."""
+    if carried:
+        if tensor["name"] in case:
+            return list(case[tensor["name"]])
+        shape = []
+        for d in tensor["shape"]:
+            if isinstance(d, str) and d != batch_axis:
+                raise PipelineError(f"input {tensor['name']} has dynamic axis '{d}'; give its size in bench.shapes")
+            shape.append(batch if isinstance(d, str) else d)
+        return shape
     if tensor["name"] in case:
         dims = case[tensor["name"]]
         return [batch, *dims[1:]] if len(dims) == len(tensor["shape"]) else [batch, *dims]
@@ -118,6 +129,7 @@ def pipeline_throughput(cfg, family, runner, paths, rows, log) -> dict:
     from .infer import iter_blocks, load_weights_meta
 
     n, bs = cfg["bench"]["pipeline_sources"], cfg["infer"]["batch_size"]
+    stateful = bool(family.state_carry(cfg))      # one item per device run: held against the batch-1 row
     sources = family.generate_sources(cfg, paths.build / "bench_sources", count=n, seed=12345)
     tmp = Path(tempfile.mkdtemp(prefix="bench-infer-", dir=paths.build))
     try:
@@ -130,10 +142,12 @@ def pipeline_throughput(cfg, family, runner, paths, rows, log) -> dict:
         wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    model_row = next((r for r in rows if r["batch_size"] == bs), None)
+    model_row = next((r for r in rows if r["batch_size"] == (1 if stateful else bs)), None)
     out = {"sources": n, "items": items, "batch_size": bs, "wall_s": wall, "items_per_s": items / wall,
            "definition": "generated files -> decode/preprocess (prefetch thread) -> .npy -> batched runner -> "
-                         "outputs .npy -> postprocess, items per second of wall time"}
+                         "outputs .npy -> postprocess, items per second of wall time"
+                         + ("; a stateful model runs one item per device run, in order, the state carried, so it "
+                            "is held against the batch-1 model-only row" if stateful else "")}
     if model_row:
         out["model_only_samples_per_s"] = model_row["throughput_samples_per_s"]
         out["ratio_to_model_only"] = out["items_per_s"] / model_row["throughput_samples_per_s"]
@@ -172,10 +186,18 @@ def bench(model: str, backend: str = 'auto', device: int = 0, heavy: bool = Fals
         log(f"bench | {note}")
     rows, feeds_per_row, skipped = [], [], []
     cases = bcfg["shapes"] or [{}]
+    carried = set(family.state_carry(cfg).values())
+    batch_axis = cfg["inputs"][0]["shape"][0]
     with runner:       # the backend first, alone in memory
         for case in cases:
             for bs in bcfg["batch_sizes"]:
-                shapes = {t["name"]: concrete_shape(t, bs, case) for t in cfg["inputs"]}
+                if carried and bs != 1:
+                    why = "a stateful model (state_carry) runs one item per device run: bench it at batch 1"
+                    log(f"bench | skipped bs={bs}: {why}")
+                    skipped.append({"batch_size": bs, "reason": why})
+                    continue
+                shapes = {t["name"]: concrete_shape(t, bs, case, t["name"] in carried, batch_axis)
+                          for t in cfg["inputs"]}
                 why = runner.unsupported(shapes)
                 if why:
                     log(f"bench | skipped bs={bs} {shapes}: {why}")

@@ -2,8 +2,11 @@
 
 Resumable and streaming: sources run in blocks (run/engine.py) whose results are journaled as they finish, so
 an interrupted run resumes where it stopped and ends with the same files as an uninterrupted one. Per-file
-summaries stream to results/<model>/inference_result.jsonl; inference_result.json holds the header, the totals
-and a pointer to the JSONL. ENGINE=ray runs the same blocks in Ray Data actors (run/ray_engine.py).
+summaries stream to results/<model>/inference_result.jsonl; inference_result.json holds the header, the totals,
+a pointer to the JSONL and the family's run_summary over all files. ENGINE=ray runs the same blocks in Ray Data
+actors (run/ray_engine.py). A stateful family (state_carry) runs each source's items in order with the state
+carried (pipeline.batching.run_sequence); the inputs manifest records the carry (`state_carry`) and marks each
+item whose state inputs came from the previous item (`carried`), so compare's reference carries its own.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from convert import backends
-from pipeline.contract import DURATION_KEY
+from pipeline.contract import DURATION_KEY, RUN_ARRAYS_KEY
 from pipeline import provenance
 from pipeline.atomic import _default, atomic_path, remove_orphans, write_json
 from pipeline.config import load_config, load_family
@@ -96,7 +99,7 @@ def _swap_dir(staging: Path, final: Path) -> None:
 def finish(journal: Journal, work: Path, paths: ModelPaths, cfg: dict, backend: str) -> dict:
     """Manifests and the streamed results from the journal, in source order; then the folders move in place."""
     names = [t["name"] for t in cfg["inputs"]]
-    items, failed, n_ok, audio_s = [], [], 0, 0.0
+    items, failed, n_ok, audio_s, done = [], [], 0, 0.0, []
     stats = {"infer_s": 0.0, "post_s": 0.0, "prepare_s": 0.0, "batches": 0, "device_runs": 0, "items": 0}
     jsonl = paths.results / "inference_result.jsonl"
     first = None
@@ -116,8 +119,23 @@ def finish(journal: Journal, work: Path, paths: ModelPaths, cfg: dict, backend: 
                 if isinstance(rec["summary"], dict) and isinstance(rec["summary"].get(DURATION_KEY), (int, float)):
                     audio_s += rec["summary"][DURATION_KEY]
                 out.write(json.dumps(sample, default=_default, allow_nan=True) + "\n")
+                done.append((rec["source"], rec["summary"], {n: a["file"] for n, a in rec["arrays"].items()}))
     return {"items": items, "failed": failed, "sources_ok": n_ok, "audio_s": audio_s, "stats": stats,
-            "jsonl": jsonl, "first": first, "names": names}
+            "jsonl": jsonl, "first": first, "names": names, "done": done}
+
+
+def run_summary(family, cfg: dict, done: list, outputs_dir: Path) -> dict:
+    """The family's figures over the whole run (contract hook run_summary); each summary gets RUN_ARRAYS_KEY."""
+    summaries = [(source, {**(summary if isinstance(summary, dict) else {"value": summary}),
+                           RUN_ARRAYS_KEY: {n: str(outputs_dir / f) for n, f in arrays.items()}})
+                 for source, summary, arrays in done]
+    out = family.run_summary(cfg, summaries)
+    try:
+        json.dumps(out, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(f"the {cfg['family']} family's run_summary returned something that is not JSON ({exc}); "
+                            "return numbers, strings, lists and dicts") from None
+    return out or {}
 
 
 def bad_share_check(failed: list, total: int, cfg: dict, fail_on_bad: bool) -> str | None:
@@ -157,7 +175,8 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
         input_desc = {"kind": "generated", "folder": str(paths.build / "samples"), "seed": cfg["infer"]["seed"]}
     sources = [Path(s) for s in sources]
     work = paths.build / "infer-work" / backend
-    journal = Journal(work / JOURNAL, run_key(cfg, backend, sources, target, batch_size))
+    carry = dict(family.state_carry(cfg))
+    journal = Journal(work / JOURNAL, run_key(cfg, backend, sources, target, batch_size, carry))
     done = journal.open(lambda msg: log(f"infer | notice | {msg}"))
     if done and journal.keep_complete(work, [t["name"] for t in cfg["outputs"]]):
         done = dict(journal.offsets)
@@ -197,6 +216,8 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
         raise InputError(res["failed"][0]["error"] if res["failed"] else "no input produced an item")
     manifest = {"model": cfg["name"], "input": input_desc, "feeds": res["names"],
                 "sources": [str(s) for s in sources], "items": res["items"]}
+    if carry:
+        manifest["state_carry"] = carry
     write_json(work / "inputs" / "manifest.json", manifest)
     manifest_sha = provenance.sha256_file(work / "inputs" / "manifest.json")
     write_json(work / "outputs" / "manifest.json", {
@@ -204,6 +225,7 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
         "outputs": [t["name"] for t in cfg["outputs"]], "items": [it["id"] for it in res["items"]]})
     _swap_dir(work / "inputs", paths.inputs)
     _swap_dir(work / "outputs", paths.outputs(backend))
+    summary_of_run = run_summary(family, cfg, res["done"], paths.outputs(backend))
 
     st, n_items = res["stats"], len(res["items"])
     timing = {
@@ -229,7 +251,8 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
                    "inputs_dir": str(paths.inputs), "outputs_dir": str(paths.outputs(backend)),
                    "inputs_manifest_sha256": manifest_sha, "sources": len(sources),
                    "sources_ok": res["sources_ok"], "failed_count": len(res["failed"]),
-                   "failed": res["failed"][:50], "samples_file": res["jsonl"].name, "first_sample": res["first"]})
+                   "failed": res["failed"][:50], "samples_file": res["jsonl"].name, "first_sample": res["first"],
+                   "run_summary": summary_of_run})
     write_json(paths.results / "inference_result.json", result)
     shutil.rmtree(work, ignore_errors=True)
     log(f"infer | {n_items} item(s) from {res['sources_ok']} file(s) in {wall:.2f} s"

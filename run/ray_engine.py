@@ -5,7 +5,9 @@ one instance per actor holding one runner opened once (`resources={"NPU": 1}` fo
 ASCEND_RT_VISIBLE_DEVICES in the actor, so the device inside it is 0). Each actor runs whole blocks through the
 same `BlockWorker.run_block` as the local engine, so outputs are byte-identical to it; the driver journals
 each finished block once (Ray Data restarts dead actors and retries their blocks; a retried block's files are
-rewritten atomically with the same bytes and its journal line is written once).
+rewritten atomically with the same bytes and its journal line is written once). Blocks hold whole sources, so a
+stateful family (state_carry) runs each source's items in order, its state carried, inside one actor; make
+compare's reference actors get one whole source per chunk (run/reference.py) and carry their own state.
 Only imported when ENGINE=ray: the default path never imports ray.
 """
 from __future__ import annotations
@@ -86,9 +88,13 @@ def input_meta_from_target(cfg: dict, backend: str):
 
     path = backends.get(backend).onnx_for_host(ModelPaths(cfg["name"]))
     if path is None:            # no ONNX of its own (the .om): the config's inputs with atc.fixed_dims
+        from pipeline.config import load_family
+
         fixed = cfg["atc"]["fixed_dims"]
-        return [TensorMeta(t["name"], t["dtype"], [None if i == 0 else (d if isinstance(d, int) else fixed.get(d))
-                                                    for i, d in enumerate(t["shape"])]) for t in cfg["inputs"]]
+        carried = set(load_family(cfg["family"]).state_carry(cfg).values())     # a state: its axis 0 is no batch
+        return [TensorMeta(t["name"], t["dtype"],
+                           [None if i == 0 and t["name"] not in carried else (d if isinstance(d, int) else fixed.get(d))
+                            for i, d in enumerate(t["shape"])]) for t in cfg["inputs"]]
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph

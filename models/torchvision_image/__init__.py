@@ -14,7 +14,7 @@ from __future__ import annotations
 from models.image_host import (CAPABILITIES, HEAD_SCHEMA, POSTPROCESS_SCHEMA, PREPROCESS_SCHEMA,  # noqa: F401
                                capabilities, check_config, compare_gate, data_config, find_sources, generate_sources,
                                host_artifacts, label_ids, labels, postprocess, prepare, random_input, resolved,
-                               softmax, task_gate, task_metrics)
+                               run_summary, softmax, task_gate, task_metrics)
 from pipeline.schema import Opt
 
 MODEL_SCHEMA = {
