@@ -328,6 +328,27 @@ def limit_text(worst: dict, fixed: float) -> str:
             f"{worst['floor']:.1e})")
 
 
+def unroll(model, path: Path, log: StageLog):
+    """export.unroll_recurrence: GRU/LSTM nodes become ordinary ops, one set per time step (the parity check that
+    follows holds them to the reference); one line when the sequence length is not static."""
+    import onnx
+
+    from convert.rnn_fp16 import recurrent_nodes, unroll_recurrences
+
+    found = recurrent_nodes(model)
+    if not found:
+        raise ConfigError("export.unroll_recurrence is set but the model has no GRU or LSTM node; remove the option")
+    try:
+        model, report = unroll_recurrences(model, rounding=False)
+    except ValueError as exc:
+        raise ConfigError(f"export.unroll_recurrence: {' '.join(str(exc).split())}; fix the sequence length in the "
+                          "config's input shape (a static .om) or remove the option") from None
+    onnx.save(model, str(path))
+    log(f"export | unrolled {len(found)} recurrent node(s) ({', '.join(n['name'] for n in found)}): "
+        f"{len(model.graph.node)} nodes")
+    return model, report
+
+
 def export_model(model: str, weights: str = '') -> int:
     """PyTorch -> ONNX (or the family's own ONNX) -> onnxsim, parity-checked (the `make export` stage)."""
 
@@ -370,6 +391,8 @@ def export_model(model: str, weights: str = '') -> int:
         sim_model = onnx.load(str(sim))
         src.check_simplified(sim_model)
         log(f"export | simplified: {len(sim_model.graph.node)} nodes ({timings.get('simplify_s', 0):.1f} s)")
+        if cfg["export"]["unroll_recurrence"]:
+            sim_model, unrolled = unroll(sim_model, sim, log)
 
         t0 = time.perf_counter()
         fixed = cfg["export"]["parity_max_rel_l2"]
@@ -406,7 +429,8 @@ def export_model(model: str, weights: str = '') -> int:
                  "op_types": op_histogram(onnx_model)},
         "onnx_simplified": {**provenance.file_record(paths.onnx_sim), "nodes": len(sim_model.graph.node),
                             "op_types": op_histogram(sim_model),
-                            "simplifier": "onnxsim" if cfg["simplify"]["enabled"] else "none"},
+                            "simplifier": "onnxsim" if cfg["simplify"]["enabled"] else "none",
+                            "unrolled_recurrences": unrolled["nodes"] if cfg["export"]["unroll_recurrence"] else []},
         "artifacts": [provenance.file_record(p) for p in extra],
         "parity": {"metric": "relative L2 ||a-b||/||b|| against the reference, float64 (pipeline.metrics.gate_check)",
                    "reference": reference, "fixed_limit": fixed, "floor_factor": FLOOR_FACTOR,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from .contract import Family
+from .contract import Family, check_state_carry
 from .errors import ConfigError
 from .paths import CONFIG_DIR, ROOT, generated_config_dir
 from .schema import NUMBER, ListOf, MapOf, OneOf, Opt, validate
@@ -68,6 +68,9 @@ SCHEMA = {
         # concrete shapes per input for the parity cases (required; complete_config may fill them)
         "parity_cases": Opt(ListOf(MapOf(ListOf(int))), []),
         "seed": Opt(int, 0),
+        # GRU/LSTM unrolled into MatMul/Sigmoid/Tanh nodes (static sequence length only): Ascend runs GRU/LSTM in
+        # fp16 only, their unrolled ops can be kept in fp32 (`make precision` offers it)
+        "unroll_recurrence": Opt(bool, False),
     }, {}),
     "simplify": Opt({
         "enabled": Opt(bool, True),
@@ -226,6 +229,7 @@ def load_config(name_or_path: str, stage: str | None = None) -> dict:
     _family_gates(cfg, raw, family)
     _check_generic(cfg, source)
     family.check_config(cfg, source)
+    check_state_carry(cfg, family.state_carry(cfg), source)
     cfg["_source"] = source
     cfg["_path"] = str(path)
     if stage is None:
