@@ -50,7 +50,7 @@ cfgfile    = $(firstword $(wildcard configs/$(1).yaml configs/more/$(1).yaml $(Z
 family     = $(shell sed -n 's/^family: *//p' $(call cfgfile,$(1)))
 FAMILY_SRC = $(wildcard models/$(call family,$(1))/*.py models/$(call family,$(1))/*.txt)
 
-.PHONY: help env all check test clean distclean evidence classifier-study FORCE
+.PHONY: help env all check test clean distclean evidence classifier-study vad-oracle FORCE
 
 # stage files are named by the BACKEND asked for; the plan stamp reruns them when its meaning changes here
 BK := $(BACKEND)
@@ -69,6 +69,7 @@ help:
 	@echo "  make check      the fast subset for the edit loop (no make-driven end-to-end tests)"
 	@python3 -m pipeline.stages help
 	@echo "  make evidence   every model, doctor, preflight, precision, dataset runs (ENGINE=ray), zoo, report: results/ and logs/"
+	@echo "  make vad-oracle silero-vad: our fp32 path against the wheel's own ONNX (probabilities, segments)"
 	@echo "  make classifier-study   the real MobileNetV2 over 200 photo variants: fp16 logits distribution, task gates, labelled accuracy"
 	@echo "  make clean      remove build/ (ONNX, .om, .npy); results/ and logs/ stay"
 	@echo "Variables: MODEL=<one or more of: $(CONFIGS)> (default: $(DEFAULTS))"
@@ -120,7 +121,7 @@ all:     compare bench
 # ---- evidence: one run that writes results/ and logs/ (run it in a clean clone) ----------------------------
 MORE_EVIDENCE := crepe_full resnet50_a1_in1k efficientnet_b0_ra_in1k mobilenetv3_large_100_ra_in1k \
                  vit_small_patch16_224_augreg_in21k_ft_in1k swin_tiny_patch4_window7_224_ms_in1k \
-                 mobilenet_v2_imagenet1k resnet18_tv_standin ppocr_cls_mobile_v2 magika_standard_v3_3
+                 mobilenet_v2_imagenet1k resnet18_tv_standin ppocr_cls_mobile_v2 magika_standard_v3_3 silero_vad_16k
 EVIDENCE_DATASETS ?= cnn8rnn_audioset_sed:1000:10000 convnext_base_clip_laion2b:200:0
 evidence: | $(ENV_STAMP)
 	$(MAKE) all MODEL="$(DEFAULTS)" HEAVY=1
@@ -129,6 +130,7 @@ evidence: | $(ENV_STAMP)
 	  $(MAKE) dataset MODEL=$$m COUNT=$$c SOAK=$$s ENGINE=ray || exit 1; done
 	$(MAKE) all MODEL="$(filter-out crepe_full,$(MORE_EVIDENCE))" HEAVY=1
 	$(MAKE) classifier-study
+	$(MAKE) vad-oracle
 	$(MAKE) doctor preflight precision MODEL="$(DEFAULTS)"
 	$(MAKE) zoo
 	$(MAKE) report PUBLISH=1 MODEL="$(DEFAULTS) $(MORE_EVIDENCE)"
@@ -141,6 +143,12 @@ classifier-study: | $(ENV_STAMP)
 	$(PY) -m modality.photo_variants tests/data/photos $(STUDY_DIR) 200 0
 	$(MAKE) infer compare MODEL=$(STUDY_MODEL) INPUT=$(STUDY_DIR)
 	$(MAKE) accuracy MODEL=$(STUDY_MODEL) INPUT=$(STUDY_DIR)/labels.csv
+
+# silero-vad: our fp32 path (exported ONNX, carried state) against the wheel's own silero_vad.onnx on the speech,
+# silence and noise files: probabilities within 1e-4 and the same segments (results/silero_vad_16k/oracle.json)
+VAD_MODEL := silero_vad_16k
+vad-oracle: $(B)/$(VAD_MODEL)/model.sim.onnx | $(ENV_STAMP)
+	$(PY) -m models.silero_vad.oracle --model $(VAD_MODEL)
 
 # ---- tests ----------------------------------------------------------------------------------------
 test: $(VENV)/.installed-full
