@@ -181,7 +181,8 @@ def compare(model: str, backend: str = 'auto', engine: str = 'local', workers: s
     report.update({
         "verdict": "PASSED" if all_pass else "FAILED",
         "target": {"backend": backend, "device": out_manifest.get("device", backends.get(backend).device_id()),
-                   **({"runner": out_manifest["runner"]} if "runner" in out_manifest else {})},
+                   **({"runner": out_manifest["runner"]} if "runner" in out_manifest else {}),
+                   **({"fp16": fp16} if (fp16 := backends.target_precision(cfg, backend)) else {})},
         "reference": ref_desc, "weights": weights_meta,
         "inputs_manifest_sha256": provenance.sha256_file(paths.inputs / "manifest.json"),
         "metric_definitions": {
@@ -197,5 +198,7 @@ def compare(model: str, backend: str = 'auto', engine: str = 'local', workers: s
     write_json(paths.results / "accuracy_eval.json", report)
     log(f"{report['verdict']} | {cfg['name']}: {backend} ({report['target']['device']}) against onnxruntime CPU fp32; "
         f"results/{cfg['name']}/accuracy_eval.json")
+    if "fp16" in report["target"]:
+        log(f"  fp16 | {backend}: {report['target']['fp16']['line']}")
     log.save()
     return 0 if all_pass else 1

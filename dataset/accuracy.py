@@ -89,6 +89,7 @@ def summary(cfg, backend, lset, rows, failed, devices, torch_run, meta, k) -> di
     labels_file = provenance.file_record(lset.path) if lset.kind == "csv" else None
     return {
         "backend": backend, "device": devices["target"][0], "weights": meta,
+        **({"fp16": fp16} if (fp16 := backends.target_precision(cfg, backend)) else {}),
         "labeled_set": {"path": str(lset.path), "kind": lset.kind, "labels_file": labels_file,
                         "files": len(lset.files), "classes_present": len(set(lset.labels)),
                         "list_sha256": lset.list_sha256()},

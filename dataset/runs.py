@@ -95,7 +95,7 @@ def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log, engi
                   "audio_s": timing.get("audio_s"), "memory_trace": timing.get("memory_trace", []),
                   "failed": inf.get("failed_count", 0), "resumed_blocks": timing.get("resumed_blocks", 0),
                   "engine": inf.get("engine")},
-        "backend": inf["backend"], "device": inf["device"],
+        "backend": inf["backend"], "device": inf["device"], **({"fp16": inf["fp16"]} if "fp16" in inf else {}),
     }
     if not compare:
         return run

@@ -57,6 +57,7 @@ def run_dataset(model: str, backend: str = 'auto', count: int = 1000, small: int
     result = provenance.header("dataset", cfg)
     result.update({
         "backend": full["backend"], "device": full["device"], "count": count, "small_count": small,
+        **({"fp16": full["fp16"]} if "fp16" in full else {}),
         "seed": seed, "generator": f"models.{cfg['family']}.generate_sources", "generate_s": gen_s,
         "runs": runs, "memory": mem, "verdict": full["compare"]["verdict"], "engine_ray": scale, "soak": soaked,
         "model_only": ref,

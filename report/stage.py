@@ -126,7 +126,7 @@ def combined(rows: list[tuple[str, dict]], env_info) -> str:
         tp = (f"{best[0]:.2f} [↗]({m}/performance_eval.json#/results/{best[1]}/throughput_samples_per_s)"
               if best else "n/a")
         t = (acc or {}).get("target", {})
-        lines.append(f"| {m} | {device_label(t.get('backend'), t.get('device'))} | "
+        lines.append(f"| {m} | {device_label(t.get('backend'), t.get('device'), t.get('fp16'))} | "
                      f"{get(exp, '/parity/verdict') or 'not run'} | {(acc or {}).get('verdict', 'not run')} | {tp} | "
                      f"[{m}/REPORT.md]({m}/REPORT.md) |")
     return "\n".join(lines + zoo_section()) + "\n"

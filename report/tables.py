@@ -29,11 +29,14 @@ def cell(doc, file: str, pointer: str, fmt: str = "{:.3g}") -> str:
     return f"{text} [↗]({file}#{pointer})"
 
 
-def device_label(backend: str | None, device: str | None) -> str:
+def device_label(backend: str | None, device: str | None, fp16: dict | None = None) -> str:
+    """The device, and for an fp16 emulation what it computed in fp16 (the result's `fp16` record)."""
     from convert import backends
 
     b = backends.REGISTRY.get(backend or "")
-    return "not run" if b is None else b.device_label(device)
+    if b is None:
+        return "not run"
+    return b.device_label(device) + (f"; {fp16['line']}" if fp16 else "")
 
 
 def environment(docs: dict, env_info: dict | None) -> list[str]:
@@ -84,7 +87,7 @@ def accuracy_table(doc: dict | None) -> list[str]:
         return ["Accuracy: not run (`make compare`)."]
     f = "accuracy_eval.json"
     t = doc.get("target", {})
-    lines = [f"Target: **{device_label(t.get('backend'), t.get('device'))}** against onnxruntime CPU fp32, "
+    lines = [f"Target: **{device_label(t.get('backend'), t.get('device'), t.get('fp16'))}** against onnxruntime CPU fp32, "
              f"verdict **{doc.get('verdict')}**.", "",
              "| output | samples | gate (rel L2 ≤, cos ≥) | worst rel L2 | min cosine | max abs | masked rel max | masked rel mean | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -107,7 +110,7 @@ def performance_table(doc: dict | None) -> list[str]:
     if not doc:
         return ["Performance: not run (`make bench`)."]
     f = "performance_eval.json"
-    lines = [f"Backend: **{device_label(doc.get('backend'), doc.get('device'))}**. Throughput = "
+    lines = [f"Backend: **{device_label(doc.get('backend'), doc.get('device'), doc.get('fp16'))}**. Throughput = "
              f"{get(doc, '/method/throughput_definition')}; timer: {get(doc, '/method/timer')}.", "",
              "| batch | input | mean ms | p50 | p90 | p99 | std | samples/s | PyTorch eager samples/s | ratio | extra |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -154,7 +157,7 @@ def dataset_table(doc: dict | None) -> list[str]:
     f = "dataset_run.json"
     small, count = doc.get("small_count"), doc.get("count")
     lines = [f"`make infer` and `make compare` over {count} generated inputs (seed {doc.get('seed')}) on "
-             f"**{device_label(doc.get('backend'), doc.get('device'))}**, and over the first {small} of them to "
+             f"**{device_label(doc.get('backend'), doc.get('device'), doc.get('fp16'))}**, and over the first {small} of them to "
              "show that memory does not grow with the folder.", "",
              "| figure | value |", "|---|---|",
              f"| inputs / items / batch | {cell(doc, f, '/runs/1/inputs', '{}')} / {cell(doc, f, '/runs/1/items', '{}')} / "
@@ -197,7 +200,7 @@ def labeled_accuracy_table(doc: dict | None) -> list[str]:
         return ["Labelled accuracy: not run (`make accuracy INPUT=<ImageFolder tree or file,label CSV>`)."]
     f, runs, ls = "labeled_accuracy.json", doc["runs"], doc["labeled_set"]
     t, ref = runs["target"], doc["gate"]["reference"]
-    target = device_label(t.get("backend"), t.get("device"))
+    target = device_label(t.get("backend"), t.get("device"), doc.get("fp16"))
     chip = f"{t['soc_version']} ({target})" if t.get("soc_version") else target
 
     def acc(run: str) -> str:

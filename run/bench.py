@@ -17,6 +17,7 @@ from pipeline.log import StageLog
 from pipeline.paths import ModelPaths
 from pipeline import stages
 
+from convert import backends
 from convert.backends import open_runner
 
 
@@ -246,6 +247,7 @@ def bench(model: str, backend: str = 'auto', device: int = 0, heavy: bool = Fals
     report = provenance.header("bench", cfg)
     report.update({
         "backend": runner.backend, "device": runner.device, "runner": desc,
+        **({"fp16": fp16} if (fp16 := backends.target_precision(cfg, runner.backend)) else {}),
         "weights": json.loads((paths.build / "weights.json").read_text()),
         "method": {
             "warmup_runs": bcfg["warmup"], "measured_runs": bcfg["runs"], "mode": "synchronous, one call at a time",

@@ -247,6 +247,7 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
         timing["real_time_factor_definition"] = "seconds of audio per second of wall time (higher is faster)"
     result = provenance.header("infer", cfg)
     result.update({"backend": backend, "device": device, "runner": runner_desc, "engine": engine_info,
+                   **({"fp16": fp16} if (fp16 := backends.target_precision(cfg, backend)) else {}),
                    "weights": weights_meta, "input": input_desc, "timing": timing,
                    "inputs_dir": str(paths.inputs), "outputs_dir": str(paths.outputs(backend)),
                    "inputs_manifest_sha256": manifest_sha, "sources": len(sources),

@@ -66,7 +66,8 @@ class OrtFp16Backend(Backend):
 def input_shapes(cfg: dict) -> dict:
     """Concrete input shapes for the compute shares: the first parity case (batch 1)."""
     case = (cfg["export"].get("parity_cases") or [{}])[0]
-    return {t["name"]: [1, *case[t["name"]][1:]] for t in cfg["inputs"] if t["name"] in case}
+    return {t["name"]: list(case[t["name"]]) if isinstance(t["shape"][0], int) else [1, *case[t["name"]][1:]]
+            for t in cfg["inputs"] if t["name"] in case}
 
 
 BACKEND = OrtFp16Backend()
