@@ -50,7 +50,7 @@ cfgfile    = $(firstword $(wildcard configs/$(1).yaml configs/more/$(1).yaml $(Z
 family     = $(shell sed -n 's/^family: *//p' $(call cfgfile,$(1)))
 FAMILY_SRC = $(wildcard models/$(call family,$(1))/*.py models/$(call family,$(1))/*.txt)
 
-.PHONY: help env all check test clean distclean evidence classifier-study vad-oracle FORCE
+.PHONY: help env all check test clean distclean evidence classifier-study vad-oracle fp16-study FORCE
 
 # stage files are named by the BACKEND asked for; the plan stamp reruns them when its meaning changes here
 BK := $(BACKEND)
@@ -69,6 +69,7 @@ help:
 	@echo "  make check      the fast subset for the edit loop (no make-driven end-to-end tests)"
 	@python3 -m pipeline.stages help
 	@echo "  make evidence   every model, doctor, preflight, precision, dataset runs (ENGINE=ray), zoo, report: results/ and logs/"
+	@echo "  make fp16-study the doctor's cheapest fp16 fixes for the zoo's fp16 misses, priced as fp32 share (cube apart)"
 	@echo "  make vad-oracle silero-vad: our fp32 path against the wheel's own ONNX (probabilities, segments)"
 	@echo "  make classifier-study   the real MobileNetV2 over 200 photo variants: fp16 logits distribution, task gates, labelled accuracy"
 	@echo "  make clean      remove build/ (ONNX, .om, .npy); results/ and logs/ stay"
@@ -131,6 +132,7 @@ evidence: | $(ENV_STAMP)
 	$(MAKE) all MODEL="$(filter-out crepe_full,$(MORE_EVIDENCE))" HEAVY=1
 	$(MAKE) classifier-study
 	$(MAKE) vad-oracle
+	$(MAKE) fp16-study
 	$(MAKE) doctor preflight precision MODEL="$(DEFAULTS)"
 	$(MAKE) zoo
 	$(MAKE) report PUBLISH=1 MODEL="$(DEFAULTS) $(MORE_EVIDENCE)"
@@ -149,6 +151,12 @@ classifier-study: | $(ENV_STAMP)
 VAD_MODEL := silero_vad_16k
 vad-oracle: $(B)/$(VAD_MODEL)/model.sim.onnx | $(ENV_STAMP)
 	$(PY) -m models.silero_vad.oracle --model $(VAD_MODEL)
+
+# the precision doctor on the zoo's six fp16 misses (strict tensor gate) and the real MobileNetV2: the cheapest
+# passing fix per model, its fp32 share (cube apart) and the SoC families that compile it, against the 99-100 %
+# fixes of e02dd5f; each fix proven by make om + compare (results/zoo/fp16_fixes.{json,md}; SOC= narrows it)
+fp16-study: | $(ENV_STAMP)
+	$(PY) -m zoo.fp16_study $(if $(SOC),--soc $(SOC))
 
 # ---- tests ----------------------------------------------------------------------------------------
 test: $(VENV)/.installed-full

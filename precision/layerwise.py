@@ -36,12 +36,14 @@ def expose(model, names: list[str]):
     return m
 
 
-def session(model, threads: int = 0):
+def session(model, threads: int = 0, graph_optimization: str = "disable"):
+    """An onnxruntime CPU session; layer_compare disables graph optimisation (every intermediate tensor is an
+    output), evaluate uses the config's onnxruntime settings, as the ort-fp16 target and the fp32 reference do."""
     import onnxruntime as ort
 
     from pipeline.runners import ort_session_options
 
-    return ort.InferenceSession(model.SerializeToString(), ort_session_options(threads, "disable"),
+    return ort.InferenceSession(model.SerializeToString(), ort_session_options(threads, graph_optimization),
                                 providers=["CPUExecutionProvider"])
 
 
@@ -102,27 +104,9 @@ def layer_compare(model32, feeds_list: list[dict], keep_nodes=(), keep_op_types=
 
 
 def flops(model32, rows: list[dict]) -> dict[str, float]:
-    """Rough compute per node from output shapes and weight sizes (Conv/Gemm/MatMul/GRU: 2*MACs, else numel)."""
-    from onnx import numpy_helper
+    """Compute per node of `rows` (convert.compute.node_costs: 2*MACs for cube ops, numel for vector ops, 0 for data
+    movement)."""
+    from convert.compute import node_costs
 
-    inits = {i.name: numpy_helper.to_array(i).shape for i in model32.graph.initializer}
-    shapes = {r["output"]: r["shape"] for r in rows}
-    by_name = {n.name: n for n in model32.graph.node}
-    out = {}
-    for r in rows:
-        node, numel = by_name[r["node"]], float(np.prod(r["shape"])) if r["shape"] else 1.0
-        if node.op_type == "Conv" and node.input[1] in inits:
-            w = inits[node.input[1]]
-            out[r["node"]] = 2 * numel * float(np.prod(w[1:]))
-        elif node.op_type in ("Gemm", "MatMul"):
-            w = inits.get(node.input[1]) or shapes.get(node.input[1]) or [1]
-            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            k = w[-1] if node.op_type == "Gemm" and trans_b else (w[-2] if len(w) >= 2 else w[0])
-            out[r["node"]] = 2 * numel * float(k)
-        elif node.op_type in ("GRU", "LSTM") and node.input[1] in inits:
-            w, rr = inits[node.input[1]], inits[node.input[2]]
-            t_b = numel / max(1, r["shape"][-1] * r["shape"][1]) if len(r["shape"]) == 4 else numel
-            out[r["node"]] = 2 * t_b * float(np.prod(w) + np.prod(rr))
-        else:
-            out[r["node"]] = numel
-    return out
+    costs = node_costs(model32)
+    return {r["node"]: costs[r["node"]]["flops"] if r["node"] in costs else 0.0 for r in rows}

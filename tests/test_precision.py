@@ -182,74 +182,120 @@ def test_mixlist_with_the_real_mapping():
         assert not mix["usable"] and mix["unmapped_onnx_types"] == ["Softmax"]
 
 
-def test_fp16_target_casts_shape_arithmetic_to_fp16():
-    """x / sqrt(float(shape[-1])): the int64 -> float Cast must become an fp16 Cast in the fp16 target (as the
-    converter types its output), or onnxruntime cannot load the model (BEiT's attention scale)."""
-    import onnxruntime as ort
+# ---- the price of a fix: vector before cube, never what the SoC cannot run in fp32, never a recurrence ----------
 
-    from convert.fp16 import to_fp16
-
-    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
-             helper.make_node("Slice", ["s", "start", "end"], ["d"], name="slice"),
-             helper.make_node("Cast", ["d"], ["df"], to=TensorProto.FLOAT, name="cast"),
-             helper.make_node("Sqrt", ["df"], ["r"], name="sqrt"),
-             helper.make_node("Div", ["x", "r"], ["y"], name="div")]
-    inits = [numpy_helper.from_array(np.array([-1], np.int64), "start"),
-             numpy_helper.from_array(np.array([2**62], np.int64), "end")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 16])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m16 = to_fp16(model)
-    cast = next(n for n in m16.graph.node if n.name == "cast")
-    assert next(a.i for a in cast.attribute if a.name == "to") == TensorProto.FLOAT16
-    x = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
-    sess = ort.InferenceSession(m16.SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x / 4.0, rtol=1e-3)
-
-
-def test_fp16_target_keeps_tensors_between_kept_nodes_in_fp32():
-    """Nodes kept in fp32 pass fp32 tensors to each other, and to a graph output, as ATC's keep_dtype does: a chain
-    of kept nodes gives the fp32 result to the bit; the converter alone rounded every tensor between them to fp16."""
-    import onnxruntime as ort
-
-    from convert.fp16 import to_fp16
-
-    w = numpy_helper.from_array(np.full((8, 8), 1.0 / 3.0, np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="mm1"),
-             helper.make_node("Add", ["a", "x"], ["b"], name="add"),
-             helper.make_node("MatMul", ["b", "w"], ["y"], name="mm2")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    x = np.random.default_rng(1).normal(size=(4, 8)).astype(np.float32) * 1.001
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
-    ref = run(model)
-    all_kept = to_fp16(model, keep_nodes=["mm1", "add", "mm2"])
-    assert [n.op_type for n in all_kept.graph.node] == ["MatMul", "Add", "MatMul"]
-    assert all_kept.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
-    np.testing.assert_array_equal(run(all_kept), ref)
-    middle = to_fp16(model, keep_nodes=["mm1", "mm2"])          # add in fp16: casts to fp16 and back around it
-    casts = [n for n in middle.graph.node if n.op_type == "Cast"]
-    assert len(casts) >= 3 and run(middle).dtype == np.float32
-    assert {next(a.i for a in n.attribute if a.name == "to") for n in casts} == {TensorProto.FLOAT, TensorProto.FLOAT16}
+def conv_then_layernorm():
+    """A 1x1 Conv whose outputs reach ~300, then a LayerNorm over channels written out (opset 13): the variance
+    path (Pow, ReduceMean, Add, Sqrt) goes beyond 65504 in fp16."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.normal(size=(8, 8, 1, 1)) * 100).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(1e-5, np.float32), "eps")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("ReduceMean", ["c"], ["m"], name="mean", axes=[1]),
+             helper.make_node("Sub", ["c", "m"], ["d"], name="sub"),
+             helper.make_node("Pow", ["d", "two"], ["p"], name="pow"),
+             helper.make_node("ReduceMean", ["p"], ["v"], name="var", axes=[1]),
+             helper.make_node("Add", ["v", "eps"], ["ve"], name="add"),
+             helper.make_node("Sqrt", ["ve"], ["s"], name="sqrt"),
+             helper.make_node("Div", ["d", "s"], ["y"], name="div")]
+    graph = helper.make_graph(nodes, "conv_ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    feeds = [{"x": np.random.default_rng(20 + i).normal(size=(1, 8, 4, 4)).astype(np.float32)} for i in range(2)]
+    return model, feeds
 
 
-def test_fp16_target_gives_kept_nodes_their_own_copy_of_a_shared_constant():
-    """A constant read by a kept node and by an fp16 node: without its own fp32 copy for the kept node, the
-    converter leaves it fp32 for both and onnxruntime refuses the fp16 node (Magika's LayerNorm scale)."""
-    import onnxruntime as ort
+def test_search_prefers_a_vector_keep_over_a_conv_keep():
+    from convert.compute import node_costs, shares
 
-    from convert.fp16 import to_fp16
+    model, feeds = conv_then_layernorm()
+    costs = node_costs(model)
+    result = search(model, feeds, CFG, layer_compare(model, feeds), costs=costs)
+    assert not result["before"]["passed"] and result["passed"] and result["tier"] == "vector"
+    kept = {n.op_type for n in model.graph.node if n.name in result["keep"]}
+    assert "Pow" in kept and "Conv" not in kept
+    assert result["fp32_cube_share"] == 0.0 and result["fp32_share"] == result["fp32_vector_share"] > 0
+    with_conv = result["keep"] + ["conv"]                      # keeping the Conv as well passes too, at a higher price
+    assert evaluate(model, feeds, CFG, with_conv)["passed"]
+    assert shares(costs, with_conv)["fp32_share"] > result["fp32_share"]
 
-    w = numpy_helper.from_array(np.full((8,), 0.5, np.float32), "w")
-    nodes = [helper.make_node("Mul", ["x", "w"], ["a"], name="kept_mul"),
-             helper.make_node("Add", ["a", "w"], ["y"], name="fp16_add")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m16 = to_fp16(model, keep_nodes=["kept_mul"])
-    inits = {i.name: i.data_type for i in m16.graph.initializer}
-    assert inits == {"w": TensorProto.FLOAT16, "w__fp32": TensorProto.FLOAT}
-    x = np.random.default_rng(2).normal(size=(3, 8)).astype(np.float32)
-    got = ort.InferenceSession(m16.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, x * 0.5 + 0.5, rtol=2e-3, atol=2e-3)
+
+def tiny_weight_conv():
+    """Conv weights around 2e-7, in fp16's subnormal range: only keeping the Conv in fp32 passes the gate."""
+    rng = np.random.default_rng(4)
+    w = numpy_helper.from_array((rng.normal(size=(4, 3, 3, 3)) * 2e-7).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "tiny_w",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    feeds = [{"x": (np.random.default_rng(30 + i).normal(size=(1, 3, 8, 8)) * 1000).astype(np.float32)}
+             for i in range(2)]
+    return model, feeds
+
+
+def test_a_soc_without_fp32_cube_never_gets_a_conv_keep():
+    from convert.soc_precision import fp32_capable
+
+    model, feeds = tiny_weight_conv()
+    rows = layer_compare(model, feeds)
+    on = lambda soc: (lambda name, op: fp32_capable(op, soc)[0] is not False)  # noqa: E731
+    a2 = search(model, feeds, CFG, rows, allowed=on("Ascend910B2"))
+    assert not a2["before"]["passed"] and a2["passed"] and a2["keep"] == ["conv"] and a2["fp32_cube_share"] == 1.0
+    for soc in ("Ascend310", "Ascend310P3", "Ascend910A"):
+        r = search(model, feeds, CFG, rows, allowed=on(soc))
+        assert not r["passed"] and r["keep"] == [] and "conv" in r["excluded"]
+
+
+def gru_model(extra_mul_name="/head/fp16_recurrence/Mul"):
+    """x[6,1,4] -> GRU (hidden 8) -> Squeeze -> MatMul -> Mul by 1 named like an emulated-recurrence node."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.normal(size=(1, 24, 4)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(1, 24, 8)).astype(np.float32), "R"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax"),
+             numpy_helper.from_array(rng.normal(size=(8, 3)).astype(np.float32), "m"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    nodes = [helper.make_node("GRU", ["x", "W", "R"], ["Y", "Yh"], name="gru", hidden_size=8, linear_before_reset=1),
+             helper.make_node("Squeeze", ["Y", "ax"], ["s"], name="squeeze"),
+             helper.make_node("MatMul", ["s", "m"], ["z"], name="mm"),
+             helper.make_node("Mul", ["z", "one"], ["y"], name=extra_mul_name)]
+    graph = helper.make_graph(nodes, "gru", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 1, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    feeds = [{"x": np.random.default_rng(40 + i).normal(size=(6, 1, 4)).astype(np.float32)} for i in range(2)]
+    return model, feeds
+
+
+def test_a_gru_node_is_never_offered():
+    model, feeds = gru_model()
+    cfg = copy.deepcopy(CFG)
+    cfg["compare"]["gate"].update(max_rel_l2=1e-9, min_cosine=1.0)      # nothing short of fp32 everywhere passes
+    result = search(model, feeds, cfg, layer_compare(model, feeds))
+    assert not result["passed"] and result["keep"] == []
+    assert result["excluded"]["gru"].startswith("recurrent")
+    assert result["excluded"]["/head/fp16_recurrence/Mul"].startswith("recurrent")
+    assert "mm" not in result["excluded"]                               # the MatMul after it was a candidate
+
+
+def test_the_recurrence_is_offered_unrolled_instead():
+    pytest.importorskip("convert.rnn_fp16")
+    from convert.compute import node_costs
+    from precision.stage import unroll_option
+
+    model, feeds = gru_model(extra_mul_name="mul")
+    option, why = unroll_option(model, feeds, CFG, lambda name, op: True, node_costs)
+    assert why == "" and option["export"] == {"unroll_recurrence": True}
+    assert option["option"].startswith("unroll the recurrence at export (export.unroll_recurrence: true)")
+    assert not any(n == "gru" for n in option["keep"]) and "fp32_cube_share" in option and "compiles" in option
+
+
+def test_the_recommendation_is_the_cheapest_passing_option_the_soc_compiles():
+    from precision.stage import recommend
+
+    opts = [{"option": "fp16", "passed": False, "fp32_compute_share": 0.0, "compiles": {"Ascend310P": True}},
+            {"option": "conv keep", "passed": True, "fp32_compute_share": 0.2, "compiles": {"Ascend310P": False}},
+            {"option": "vector keep", "passed": True, "fp32_compute_share": 0.5, "compiles": {"Ascend310P": None}},
+            {"option": "origin", "passed": True, "fp32_compute_share": 1.0, "compiles": {"Ascend310P": False}}]
+    assert recommend(opts, "Ascend310P")["option"] == "vector keep"        # unverified counts as compiling
+    assert recommend(opts, None)["option"] == "conv keep"
+    assert recommend(opts[:1], None) is None

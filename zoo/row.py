@@ -96,7 +96,8 @@ def compare(outcome: Outcome, results: Path) -> dict:
     outs = [o["summary"] for o in doc["outputs"].values()]
     figures = {"target": doc["target"]["backend"], "device": doc["target"]["device"],
                "worst_rel_l2": max(s["worst_rel_l2"] for s in outs), "min_cosine": min(s["min_cosine"] for s in outs),
-               "samples": max(s["samples"] for s in outs)}
+               "samples": max(s["samples"] for s in outs),
+               **({"fp16": doc["target"]["fp16"]} if "fp16" in doc["target"] else {})}
     task = {v["name"]: v for v in (doc.get("task") or {}).get("verdicts", [])}
     figures["task"] = {name: v["passed"] for name, v in task.items()}
     if doc["verdict"] == "PASSED":
@@ -134,7 +135,9 @@ def precision(outcome: Outcome, results: Path) -> dict:
         return stage("failed", outcome, "fp16-gate", "neither a keep_dtype list nor mixed precision within the "
                      "search budget passes the gate", keep_nodes=len(keep), fp32_compute_share=fix["fp32_compute_share"],
                      report=str(results / "precision_report.md"))
-    return stage("passed", outcome, **chosen, report=str(results / "precision_report.md"))
+    option = next((o for o in doc["options"] if o.get("keep") == keep), None) if fix["passed"] else mix
+    price = {k: option[k] for k in ("fp32_cube_share", "fp32_vector_share", "compiles_text") if option and k in option}
+    return stage("passed", outcome, **chosen, **price, report=str(results / "precision_report.md"))
 
 
 def bench(outcome: Outcome, results: Path) -> dict:

@@ -96,7 +96,9 @@ def table_lines(zoo: dict, prefix: str = "") -> list[str]:
             lead = "" if what.startswith("keep_dtype of") else f"{what}; "       # the doctor's keep_dtype list
             fixes.append(f"{lead}keep_dtype {num(pr['keep_nodes'], 'd', f'{p}/precision/keep_nodes', prefix)} "
                          f"node(s), {num(100 * pr['fp32_compute_share'], '.2f', f'{p}/precision/fp32_compute_share', prefix)}"
-                         f"% of compute in fp32: {stage_cell(cp)}")
+                         f"% of compute in fp32"
+                         + (f" (cube {100 * pr['fp32_cube_share']:.2f}%; {pr['compiles_text']})"
+                            if "fp32_cube_share" in pr else "") + f": {stage_cell(cp)}")
         fix = "; ".join(fixes) or "-"
         outcome = r["outcome"] + (f" ({', '.join(r['causes'])})" if r["causes"] else "")
         lines.append(" | ".join([
