@@ -103,6 +103,7 @@ def markdown(rep: dict) -> str:
 
     lines = [f"# Precision report: {rep['model']}", "",
              f"> {rep['disclaimer']}", "",
+             f"What the emulation computes (force_fp16, nothing kept): {rep['fp16']['line']}.", "",
              f"Inputs: {rep['inputs']}. Gate (the one `make compare` applies, per sample and output): "
              f"{gate_text(rep['gate'])}.", "",
              f"Target SoC: {rep['soc']['text']}.", "",
@@ -223,6 +224,16 @@ def unroll_option(model, feeds, cfg, allowed, costs_of, max_evals: int = 80) -> 
     return priced(option, costs, res["keep"], [types[n] for n in res["keep"]]), ""
 
 
+def emulation_truth(model, input_shapes: dict) -> dict:
+    """The emulation's own fp16 record (convert/fp16_truth.py), as the ort-fp16 target states it."""
+    from convert.fp16 import emulate_fp16
+    from convert.fp16_truth import short_line, truth
+
+    t = truth(emulate_fp16(model)[0], model, input_shapes)
+    return {"line": short_line(t), **{k: t[k] for k in ("fp16_kernel_share", "fp16_emulated_share", "fp32_share",
+                                                         "cpu_without_fp16_kernel")}}
+
+
 def diagnose(model: str, max_samples: int = 2, max_evals: int = 80) -> int:
     """where fp16 loses precision, and the keep_dtype fix (the `make precision` stage as a library call)."""
     import onnx
@@ -312,6 +323,7 @@ def diagnose(model: str, max_samples: int = 2, max_evals: int = 80) -> int:
     rep.update({
         "disclaimer": "CPU emulation of ATC's precision rules with onnxruntime (fp16 between ops, fp32 inputs/"
                       "outputs), not an NPU measurement; on a real .om, compare with ais_bench dumps instead.",
+        "fp16": emulation_truth(model, input_shapes),
         "inputs": feeds_desc, "soc": scope, "options": options, "notes": notes,
         "recommended": {k: rec[k] for k in ("option", "fp32_compute_share", "fp32_share", "fp32_cube_share",
                                             "fp32_vector_share", "compiles", "compiles_text")} if rec else None,
@@ -346,6 +358,10 @@ def diagnose(model: str, max_samples: int = 2, max_evals: int = 80) -> int:
               f"precision | keep list: {keep_file}; config lines: {' '.join(config_lines)}")
     for note in notes:
         print(f"precision | note: {note}")
+    print(f"precision | emulation: {rep['fp16']['line']}")
+    if rep["fp16"]["cpu_without_fp16_kernel"]:
+        print(f"precision | onnxruntime's CPU has no fp16 kernel for {', '.join(rep['fp16']['cpu_without_fp16_kernel'])}:"
+              " emulated (fp32 arithmetic between fp16-rounded tensors, GRU/LSTM rounded per step)")
     print(f"precision | results/{cfg['name']}/precision_report.md (CPU emulation, not an NPU measurement)")
     save_reads(cfg)
     return 0
