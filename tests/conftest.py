@@ -47,3 +47,19 @@ def run_env(tmp_path: Path) -> dict:
     for k in ("WEIGHTS", "INPUT", "BACKEND", "MODEL", "SOC", "DEVICE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
         env.pop(k, None)
     return env
+
+
+def use_fake_ascend(bin_dir: Path, monkeypatch):
+    """tests/fake_atc.py as `atc` on PATH and the ais_bench double as the session; returns the double."""
+    import ais_bench_double as double
+
+    from pipeline import ais_runner
+
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    atc = bin_dir / "atc"
+    atc.write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'fake_atc.py'} \"$@\"\n")
+    atc.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(ais_runner, "session_factory", double.FakeInferSession)
+    double.FakeInferSession.calls.clear()
+    return double

@@ -3,13 +3,12 @@ state as an ordinary input/output pair) and ENGINE=ray give the local dynamic ru
 Skips when the silero-vad wheel cannot be downloaded."""
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, use_fake_ascend
 from pipeline.errors import WeightsError
 
 MODEL = "silero_vad_16k"
@@ -52,21 +51,11 @@ def outputs(tmp: Path, backend: str) -> dict:
 
 
 def test_the_static_om_gives_the_local_probabilities_and_segments(tree, monkeypatch):
-    import ais_bench_double as double
-
     from compare.stage import compare
     from convert.stage import build_targets
-    from pipeline import ais_runner
     from run.infer import infer
 
-    bin_dir = tree["root"] / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    atc = bin_dir / "atc"
-    atc.write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'fake_atc.py'} \"$@\"\n")
-    atc.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setattr(ais_runner, "session_factory", double.FakeInferSession)
-    double.FakeInferSession.calls.clear()
+    double = use_fake_ascend(tree["root"] / "bin", monkeypatch)
     assert build_targets(MODEL, "om", soc="Ascend310P3") == 0
     script = (tree["root"] / "build" / MODEL / "atc.sh").read_text()
     assert "--input_shape=input:1,576;state:2,1,128" in script

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import stateful_family as fam_module
-from conftest import ROOT
+from conftest import ROOT, use_fake_ascend
 from pipeline import config as pconfig
 from pipeline.batching import run_sequence
 from pipeline.errors import ConfigError, InputError, PipelineError
@@ -231,18 +231,7 @@ def test_ray_engine_gives_the_local_bytes(exported, tmp_path, ray_cluster):
 # ---- the static .om: fake ATC, ais_bench double -------------------------------------------------------------------
 @pytest.fixture
 def ascend(tmp_path, monkeypatch):
-    import ais_bench_double as double
-    from pipeline import ais_runner
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    atc = bin_dir / "atc"
-    atc.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'fake_atc.py'} \"$@\"\n")
-    atc.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setattr(ais_runner, "session_factory", double.FakeInferSession)
-    double.FakeInferSession.calls.clear()
-    return double
+    return use_fake_ascend(tmp_path / "bin", monkeypatch)
 
 
 @pytest.mark.parametrize("layout", [
