@@ -120,8 +120,12 @@ def test_bad_audio_one_line(run, tmp_path):
 def test_precision_doctor_through_make(run):
     p = make(run[0], "precision", f"MODEL={MODEL}")
     assert p.returncode == 0, p.stderr[-2000:]
-    assert f"{MODEL} fp16 (emulated force_fp16)" in p.stdout and "not an NPU measurement" in p.stdout
+    assert f"{MODEL} force_fp16 (ATC default): fp32 share 0.00% (cube 0.00%, vector 0.00%)" in p.stdout
+    assert "not an NPU measurement" in p.stdout
     rep = load(run[0], "precision_report.json")
+    assert rep["fp16"]["fp16_kernel_share"] == 0.0 and rep["fp16"]["fp16_emulated_share"] == 1.0
+    assert "GRU" in rep["fp16"]["cpu_without_fp16_kernel"] and "recurrences rounded per step" in rep["fp16"]["line"]
+    assert not any("GRU" in (o.get("fp32_op_types") or []) for o in rep["options"][:-1])   # never kept but in origin
     assert rep["layers"] and all(r["node"] for r in rep["layers"])
     assert any(r["op_type"] == "GRU" for r in rep["layers"])
     assert (run[0] / "results" / MODEL / "precision_layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
