@@ -160,6 +160,11 @@ def label(shares: dict) -> str:
     return "fp16 tensors between ops; compute " + ", ".join(p for p in parts if not p.startswith("0.0%"))
 
 
+def record(t: dict) -> dict:
+    """What a result says of its fp16 compute: the line and the three shares."""
+    return {"line": short_line(t), **{k: t[k] for k in ("fp16_kernel_share", "fp16_emulated_share", "fp32_share")}}
+
+
 def short_line(t: dict) -> str:
     """One line for results and logs: the share of compute done in fp16, emulated in fp16, and left in fp32."""
     s = t["shares"]

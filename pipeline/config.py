@@ -292,5 +292,11 @@ def gate_for(cfg: dict, output: str) -> dict:
     return cfg["compare"]["per_output"].get(output, cfg["compare"]["gate"])
 
 
+def batch_one(tensor: dict, shape: list[int]) -> list[int]:
+    """A concrete shape of this input at batch 1: axis 0 is the batch when the config names it; a fixed axis 0 (a
+    carried state [2, batch, h]) stays as written."""
+    return list(shape) if isinstance(tensor["shape"][0], int) else [1, *shape[1:]]
+
+
 def dynamic_axes(tensor: dict) -> dict[int, str]:
     return {i: d for i, d in enumerate(tensor["shape"]) if isinstance(d, str)}

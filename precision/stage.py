@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline import provenance
 from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.config import gate_for, load_config, load_family, save_reads
+from pipeline.config import batch_one, gate_for, load_config, load_family, save_reads
 from pipeline.errors import PipelineError
 from pipeline.paths import ModelPaths
 
@@ -35,8 +35,7 @@ def load_feeds(cfg, paths, max_samples: int) -> tuple[list[dict], str]:
     feeds = []
     for i in range(max_samples):
         rng = np.random.default_rng(100 + i)
-        feeds.append({t["name"]: family.random_input(t["name"], list(case[t["name"]]) if isinstance(t["shape"][0], int)
-                                                     else [1, *case[t["name"]][1:]], rng, cfg)
+        feeds.append({t["name"]: family.random_input(t["name"], batch_one(t, case[t["name"]]), rng, cfg)
                       for t in cfg["inputs"]})
     return feeds, f"{max_samples} seeded input(s) from the model family (no saved inputs)"
 
@@ -210,7 +209,7 @@ def unroll_option(model, feeds, cfg, allowed, costs_of, max_evals: int = 80) -> 
                       f"(export.unroll_recurrence: true) was not evaluated: convert.rnn_fp16 is not available ({exc})")
     try:
         unrolled, _ = unroll_recurrences(model, rounding=False)
-    except (ValueError, KeyError, NotImplementedError) as exc:
+    except ValueError as exc:                  # convert.rnn_fp16 says what it cannot unroll, in one line
         return None, (f"{len(rec)} GRU/LSTM node(s): Ascend runs them in fp16 only, and they cannot be unrolled "
                       f"here ({exc})")
     rows = layer_compare(unrolled, feeds)
@@ -227,11 +226,10 @@ def unroll_option(model, feeds, cfg, allowed, costs_of, max_evals: int = 80) -> 
 def emulation_truth(model, input_shapes: dict) -> dict:
     """The emulation's own fp16 record (convert/fp16_truth.py), as the ort-fp16 target states it."""
     from convert.fp16 import emulate_fp16
-    from convert.fp16_truth import short_line, truth
+    from convert.fp16_truth import record, truth
 
     t = truth(emulate_fp16(model)[0], model, input_shapes)
-    return {"line": short_line(t), **{k: t[k] for k in ("fp16_kernel_share", "fp16_emulated_share", "fp32_share",
-                                                         "cpu_without_fp16_kernel")}}
+    return {**record(t), "cpu_without_fp16_kernel": t["cpu_without_fp16_kernel"]}
 
 
 def diagnose(model: str, max_samples: int = 2, max_evals: int = 80) -> int:

@@ -45,12 +45,10 @@ class OrtFp16Backend(Backend):
                 "emulates": "ATC --precision_mode=force_fp16 (fp16 compute, fp32 graph inputs/outputs)"}
 
     def precision(self, target: dict) -> dict | None:
-        from convert.fp16_truth import short_line
+        from convert.fp16_truth import record
 
         t = (target.get("fp16_conversion") or {}).get("truth")
-        if not t:
-            return None
-        return {"line": short_line(t), **{k: t[k] for k in ("fp16_kernel_share", "fp16_emulated_share", "fp32_share")}}
+        return record(t) if t else None
 
     def open_runner(self, cfg, target, device=0):
         from pipeline.paths import ModelPaths
@@ -66,8 +64,9 @@ class OrtFp16Backend(Backend):
 def input_shapes(cfg: dict) -> dict:
     """Concrete input shapes for the compute shares: the first parity case (batch 1)."""
     case = (cfg["export"].get("parity_cases") or [{}])[0]
-    return {t["name"]: list(case[t["name"]]) if isinstance(t["shape"][0], int) else [1, *case[t["name"]][1:]]
-            for t in cfg["inputs"] if t["name"] in case}
+    from pipeline.config import batch_one
+
+    return {t["name"]: batch_one(t, case[t["name"]]) for t in cfg["inputs"] if t["name"] in case}
 
 
 BACKEND = OrtFp16Backend()
