@@ -101,6 +101,11 @@ SCHEMA = {
         "modify_mixlist": Opt(MapOf(MapOf(ListOf(str))), {}),
         "extra_args": Opt(ListOf(str), []),
         "timeout_s": Opt(int, 7200),
+        # static AIPP (--insert_op_conf): true, or {input_format, channel_order, crop}; convert/aipp.py checks it
+        "aipp": Opt((bool, dict), False),
+        # fp16 I/O: inputs fed as float16 (--input_fp16_nodes), outputs returned as float16 (--output_type=FP16)
+        "input_fp16_nodes": Opt(ListOf(str), []),
+        "output_fp16": Opt(bool, False),
     }, {}),
     "infer": Opt({
         "batch_size": Opt(int, 1),
@@ -110,6 +115,8 @@ SCHEMA = {
         "pad": Opt(OneOf(("repeat", "zeros")), "repeat"),
         # share of input files that may fail (listed in the results) before make infer exits non-zero
         "max_bad_share": Opt(float, 0.01),
+        # host processes that prepare and post-process while the runner runs; 0 = one per core
+        "host_workers": Opt(int, 0),
     }, {}),
     "compare": Opt({
         "gate": Opt(GATE, {}),
@@ -127,6 +134,8 @@ SCHEMA = {
         # run `make infer`'s whole path (files -> preprocess -> batches -> outputs) over this many generated
         # sources at infer.batch_size and report its throughput against the model-only figure; 0 = skip
         "pipeline_sources": Opt(int, 0),
+        # the device rate the host must keep up with: a published per-chip figure {items_per_s, chip, source}
+        "npu_rate": Opt(dict, {}),
         # make bench HEAVY=1 (make evidence): these keys, where set (non-empty, non-zero), replace the ones above;
         # the default set stays light so that a first `make all` is quick
         "heavy": Opt({
