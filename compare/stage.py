@@ -23,6 +23,7 @@ from pipeline.progress import Progress
 from run.engine import item_context
 from run.reference import check_sequences, iter_reference, reference_chunks
 
+from .aipp_noise import aipp_noise
 from .explain import explain_output
 
 
@@ -177,6 +178,9 @@ def compare(model: str, backend: str = 'auto', engine: str = 'local', workers: s
             log(f"{'PASSED' if v['passed'] else 'FAILED'} | {cfg['name']} task {v['name']}: {backend} vs ort-cpu fp32: "
                 f"{v['line']}")
         task = {"verdicts": verdicts, "per_source": tasks.per_source}
+    noise = aipp_noise(cfg, manifest, outputs)
+    if noise:
+        log(f"  aipp | {noise['line']}")
     report = provenance.header("compare", cfg)
     report.update({
         "verdict": "PASSED" if all_pass else "FAILED",
@@ -193,6 +197,7 @@ def compare(model: str, backend: str = 'auto', engine: str = 'local', workers: s
         },
         "outputs": per_output,
         **({"task": task} if task else {}),
+        **({"aipp_noise": noise} if noise else {}),
         "memory_trace": progress.trace,         # resident MB of this process after every 10% of the items
     })
     write_json(paths.results / "accuracy_eval.json", report)

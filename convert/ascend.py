@@ -70,7 +70,13 @@ def build_om(cfg, paths, soc_arg, log) -> dict:
     oms = run_atc(jobs, paths.build, paths.logs / "atc.log", atc["path"], cfg["atc"]["timeout_s"])
     for om in oms:
         log(f"om | {om['path']} ({om['bytes'] / 2**20:.1f} MB, batch {om['batch'] or 'dynamic'}, mode {om['mode']})")
+    from .aipp import io_bytes, plan
+
+    p = plan(cfg)
     return {"backend": "om", "device": "npu", "soc_version": soc, "cann_version": cann,
+            "aipp": {k: p[k] for k in ("input", "format", "channels", "src", "crop", "file", "params")} if p else None,
+            "fp16_io": {"input_fp16_nodes": cfg["atc"]["input_fp16_nodes"], "output_fp16": cfg["atc"]["output_fp16"]},
+            "io_bytes_per_item": io_bytes(cfg, p=p),
             "atc": atc, "precision": cfg["atc"]["precision_mode"], "precision_flag": flag, "precision_flag_why": why,
             "atc_log_env": {k: atc_env()[k] for k in LOG_ENV}, "oms": oms,
             "atc_argv": [j.argv for j in jobs], "source_onnx": provenance.file_record(paths.onnx_sim)}

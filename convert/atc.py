@@ -41,7 +41,8 @@ MANAGED = {"framework": "fixed", "model": "fixed", "output": "fixed", "soc_versi
            "dynamic_batch_size": "atc.batch_mode", "dynamic_dims": "atc.dynamic_dims",
            "dynamic_image_size": "not supported here", "input_shape_range": "not supported here",
            "keep_dtype": "atc.keep_dtype", "op_precision_mode": "atc.op_precision_mode",
-           "modify_mixlist": "atc.modify_mixlist"}
+           "modify_mixlist": "atc.modify_mixlist", "insert_op_conf": "atc.aipp",
+           "input_fp16_nodes": "atc.input_fp16_nodes", "output_type": "atc.output_fp16"}
 SUCCESS = "ATC run success"
 # ATC writes its debug log only at --log != null (default null), to $HOME/ascend/log/debug/plog/ (or
 # $ASCEND_PROCESS_LOG_PATH), and to stdout only with ASCEND_SLOG_PRINT_TO_STDOUT=1 (ge docs atc_tools --log.md).
@@ -190,6 +191,28 @@ def _side_files(cfg: dict, mode: str) -> tuple[list[str], dict]:
     return flags, files
 
 
+def _io_flags(cfg: dict) -> tuple[list[str], dict]:
+    """AIPP (--insert_op_conf with build/<model>/aipp.cfg) and fp16 I/O (--input_fp16_nodes, --output_type)."""
+    from .aipp import FILE, config_text, plan
+
+    atc, source = cfg["atc"], cfg["_source"]
+    flags, files = [], {}
+    names = [t["name"] for t in cfg["inputs"]]
+    unknown = [n for n in atc["input_fp16_nodes"] if n not in names]
+    if unknown:
+        raise ConfigError(f"{source}: atc.input_fp16_nodes names {unknown}, which are not inputs of the model "
+                          f"({names}); list input names")
+    p = plan(cfg)
+    if p:
+        files[FILE] = config_text(p)
+        flags.append(f"--insert_op_conf={FILE}")
+    if atc["input_fp16_nodes"]:
+        flags.append("--input_fp16_nodes=" + ";".join(atc["input_fp16_nodes"]))
+    if atc["output_fp16"]:
+        flags.append("--output_type=FP16")
+    return flags, files
+
+
 def _check_extra_args(extra: list[str], source: str) -> None:
     for arg in extra:
         name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
@@ -220,7 +243,9 @@ def build_atc_jobs(cfg: dict, onnx_name: str, soc: str, cann_version: str | None
     _check_chip(mode, soc, source)
     _check_extra_args(atc["extra_args"], source)
     flags, side = _side_files(cfg, mode)
-    common += flags
+    io_flags, io_files = _io_flags(cfg)
+    common += flags + io_flags
+    side.update(io_files)
     name = cfg["name"]
     if atc["batch_mode"] == "dynamic_batch_size":
         _check_gears("dynamic_batch_size", atc["batch_sizes"], soc, source)
@@ -321,6 +346,9 @@ def write_atc_script(jobs: list[AtcJob], path: Path, model: str, soc: str | None
         "mkdir -p om && chmod 750 om",
     ]
     written = set()
+    for job in jobs:
+        for rel, content in job.side_files.items():      # beside atc.sh too (aipp.cfg, keep_dtype.cfg, ...)
+            write_text(path.parent / rel, content)
     for job in jobs:
         for rel, content in job.side_files.items():
             if rel not in written:

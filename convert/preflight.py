@@ -228,11 +228,36 @@ def check_config(model, cfg: dict, onnx_name: str = "model.sim.onnx", soc: str |
                 out.append(finding("error", "fixed_dim", f"input {t['name']} axis {i} is fixed to {d.dim_value} in "
                                    f"the ONNX but ATC would get {bad[0]}",
                                    "export with that axis dynamic, or match the config to the exported size"))
+    out += aipp_findings(graph, cfg)
     for name in graph:
         if _config_input(cfg, name) is None:
             out.append(finding("error", "input_name", f"ONNX input '{name}' is missing from the config inputs",
                                "list every model input under inputs: (in graph order)"))
     return out
+
+
+def aipp_findings(graph: dict, cfg: dict) -> list[dict]:
+    """The AIPP plan (atc.aipp) against the ONNX image input: NCHW, 3 channels, float, and H x W equal to what AIPP
+    hands the network (the crop size, else the source size)."""
+    from .aipp import plan
+
+    try:
+        p = plan(cfg)
+    except (ConfigError, PipelineError) as exc:
+        return [finding("error", "aipp", " ".join(str(exc).split()), "fix atc.aipp or the model's preprocessing")]
+    if not p or p["input"] not in graph:
+        return []
+    t = graph[p["input"]].type.tensor_type
+    dims = [d.dim_value or None for d in t.shape.dim]
+    out_hw = p["crop"][2:] if p["crop"] else p["src"]
+    if t.elem_type not in (1, 10):      # FLOAT, FLOAT16
+        return [finding("error", "aipp", f"AIPP input {p['input']} is not a float tensor in the ONNX",
+                        "AIPP writes normalised float pixels: export the image input as float32")]
+    if len(dims) != 4 or dims[1] not in (None, p["channels"]) or [d for d in dims[2:]] != list(out_hw):
+        return [finding("error", "aipp", f"AIPP hands the network {p['channels']}x{out_hw[0]}x{out_hw[1]} (NCHW), "
+                        f"the ONNX input {p['input']} is {dims}",
+                        "export the model for the preprocessing's input size, or turn atc.aipp off")]
+    return []
 
 
 def run_preflight(onnx_path: Path, cfg: dict, soc: str | None = None) -> dict:

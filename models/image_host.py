@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -178,12 +179,63 @@ def generate_sources(cfg: dict, out_dir: Path, count: int | None = None, seed: i
 
 
 def prepare(source: Path, cfg: dict, input_meta) -> list[dict]:
+    """The model input of one image: float32 NCHW normalised, or, for a target that takes uint8 NHWC pixels (an
+    AIPP .om, or a CPU target behind convert.aipp.HostAipp), the uint8 pixels of the size it takes."""
+    name = cfg["inputs"][0]["name"]
+    size = pixel_size(cfg, input_meta)
+    if size:
+        return [{name: img.load_pixels(source, pixel_config(cfg, size))[None]}]
     x = img.preprocess(img.load_image(source), data_config(cfg))
-    return [{cfg["inputs"][0]["name"]: x[None]}]
+    return [{name: x[None]}]
+
+
+def pixel_size(cfg: dict, input_meta) -> list[int] | None:
+    """[H, W] when the target's image input is uint8 NHWC (AIPP), else None."""
+    for m in input_meta or []:
+        if m.name == cfg["inputs"][0]["name"] and str(m.dtype) == "uint8" and len(m.shape or []) == 4:
+            return [int(m.shape[1]), int(m.shape[2])]
+    return None
+
+
+def pixel_config(cfg: dict, size: list[int]) -> dict:
+    """The data config that yields uint8 pixels of `size`: the model's input size (the host crops), or the
+    squash-resized size before AIPP's centre crop (aipp_source's sent_size)."""
+    data = data_config(cfg)
+    if list(size) == list(data["input_size"][1:]):
+        return data
+    src = aipp_source(cfg)
+    if not isinstance(src, dict) or list(size) != list(src["sent_size"]):
+        raise PipelineError(f"the target takes {size[0]}x{size[1]} uint8 pixels, which is neither the model's "
+                            f"{data['input_size'][1]}x{data['input_size'][2]} nor the size before AIPP's crop; "
+                            "rebuild the target (`make om`) for this config")
+    return {**data, "input_size": [3, *size], "crop_mode": "squash", "crop_pct": 1.0, "resize_size": None}
+
+
+def aipp_source(cfg: dict) -> dict | str:
+    """What AIPP can take over: the mean/std normalisation (x / 255 folded into the scale) and, where the size
+    before the crop is fixed (crop_mode squash), the centre crop; resizing stays on the host."""
+    data = data_config(cfg)
+    mean, std = data["mean"], data["std"]
+    if len(mean) != 3 or len(std) != 3:
+        return "the preprocessing's mean/std are not 3 per-channel values (a per-pixel mean image is not AIPP's)"
+    _, h, w = data["input_size"]
+    out = {"mean": list(mean), "std": list(std), "value_scale": 255.0, "sent_size": [h, w], "device_crop": None}
+    if data["crop_mode"] == "squash":
+        sh, sw = (int(data["resize_size"]),) * 2 if data.get("resize_size") else \
+            (math.floor(h / data["crop_pct"]), math.floor(w / data["crop_pct"]))
+        if sh >= h and sw >= w and (sh, sw) != (h, w) and max(sh, sw) <= 4096:
+            out["sent_size"] = [sh, sw]
+            out["device_crop"] = [int(round((sh - h) / 2.0)), int(round((sw - w) / 2.0)), h, w]
+    return out
 
 
 def random_input(name: str, shape, rng: np.random.Generator, cfg: dict) -> np.ndarray:
+    """Seeded images: float32 NCHW normalised, or uint8 NHWC pixels for a shape [N, H, W, 3] (an AIPP target)."""
     data = data_config(cfg)
+    if len(shape) == 4 and shape[3] == 3 and shape[1] != 3:
+        b, h, w, c = shape
+        x = img.random_images((b, c, h, w), rng, [0.0] * c, [1.0] * c)
+        return np.ascontiguousarray((x.clip(0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1))
     return img.random_images(shape, rng, data["mean"], data["std"])
 
 

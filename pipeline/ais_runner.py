@@ -233,7 +233,10 @@ class AisBenchRunner(Runner):
             raise PipelineError(f"ais_bench infer failed ({mode}, shapes {[list(a.shape) for a in arrays]}): "
                                 f"{_first_line(exc)}; see the ACL log under ~/ascend/log") from None
         self.last_device_ms = device_ms(getattr(sess, api["summary"])()) if api["summary"] else None
-        return dict(zip(self._output_names(sess, len(outs)), [np.asarray(o) for o in outs]))
+        outs = [np.asarray(o) for o in outs]
+        if (self.target.get("fp16_io") or {}).get("output_fp16"):     # float16 off the device, float32 for the stages
+            outs = [o.astype(np.float32) if o.dtype == np.float16 else o for o in outs]
+        return dict(zip(self._output_names(sess, len(outs)), outs))
 
     def _set_batch(self, sess, api: dict, batch: int, gears: list) -> None:
         """Dynamic batch where infer() has no dymbatch branch: the lower-level setter (int), as the 2023 CLI does.
@@ -273,8 +276,17 @@ class AisBenchRunner(Runner):
     # ---- metadata ---------------------------------------------------------------------------------
     def get_input_metadata(self) -> list[TensorMeta]:
         sess = self._session(next(iter(self.oms)))
-        return [TensorMeta(d.name, numpy_dtype(d.datatype), [None if int(s) < 0 else int(s) for s in d.shape])
+        return [TensorMeta(d.name, numpy_dtype(d.datatype), self._want(d))
                 for d in sess.get_inputs() if not _hidden(d.name, self.cfg_inputs)]   # hides ATC's gear input
+
+    def _want(self, d) -> list:
+        """The shape a feed must have: the descriptor's, or for the AIPP input uint8 [batch, H, W, C] as built (the
+        descriptor's byte size is checked in _feeds; its dims need not be in NHWC order)."""
+        dims = [None if int(s) < 0 else int(s) for s in d.shape]
+        aipp = self.target.get("aipp")
+        if aipp and d.name == aipp["input"]:
+            return [dims[0] if dims else None, *aipp["src"], aipp["channels"]]
+        return dims
 
     unsupported_fix = ("use infer.batch_size from the built sizes (pipeline.batching pads or splits rows to them), or "
                        "add the batch to atc.batch_sizes (dims: atc.dynamic_dims) and rerun `make om BACKEND=om`")
@@ -289,7 +301,7 @@ class AisBenchRunner(Runner):
         for d in sess.get_inputs():
             if _hidden(d.name, self.cfg_inputs) or d.name not in shapes:
                 continue
-            want, got = [int(s) for s in d.shape], list(shapes[d.name])
+            want, got = [-1 if s is None else int(s) for s in self._want(d)], list(shapes[d.name])
             if len(want) != len(got) or any(w >= 0 and w != g for w, g in zip(want, got)):
                 return f"input {d.name} {got} does not fit the .om's {want}"
             dyn += [g for w, g in zip(want, got) if w < 0]

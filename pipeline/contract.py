@@ -103,6 +103,10 @@ HOOKS: tuple[Hook, ...] = (
     Hook("task_gate", "host", False, "(cfg, per_source) -> list[dict]",
          "one verdict per metric family: {name, passed, line, figures, gate} (capability `task_metrics`)",
          _empty_list),
+    Hook("aipp_source", "host", False, "(cfg) -> dict | str | None",
+         "what Ascend's AIPP may take over from prepare (atc.aipp): {mean, std, value_scale (255), sent_size [H, W] "
+         "of the uint8 pixels the host sends when the device crops, device_crop [top, left, H, W] or None}; a str "
+         "says which part of the preprocessing AIPP cannot express; None: no AIPP for this family", _none),
     # --- torch side ---
     Hook("build", "torch", True, "(cfg) -> nn.Module", "the network in eval mode, published module names"),
     Hook("load_weights", "torch", True, "(model, path, cfg) -> dict",

@@ -97,8 +97,11 @@ class OrtCannBackend(Backend):
 
         o = cfg["onnxruntime"]
         options = dict(target.get("provider_options") or provider_options(cfg)[0])
-        return make_runner(ModelPaths(cfg["name"]).onnx_sim, options, device, o["intra_op_threads"],
-                           o["graph_optimization"])
+        from convert.aipp import host_side
+
+        runner = make_runner(ModelPaths(cfg["name"]).onnx_sim, options, device, o["intra_op_threads"],
+                             o["graph_optimization"])
+        return host_side(cfg, runner, "emulate")         # AIPP: the NPU gets the network, the host emulates AIPP
 
     def ray_resources(self, cpu_threads: int) -> dict:
         # one chip per actor; the actor's CPU share serves the nodes the provider leaves to the CPU

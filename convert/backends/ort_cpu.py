@@ -38,8 +38,11 @@ class OrtCpuBackend(Backend):
         from pipeline.paths import ModelPaths
         from pipeline.runners import OrtRunner
 
+        from convert.aipp import host_side
+
         o = cfg["onnxruntime"]
-        return OrtRunner(ModelPaths(cfg["name"]).onnx_sim, self.name, o["intra_op_threads"], o["graph_optimization"])
+        runner = OrtRunner(ModelPaths(cfg["name"]).onnx_sim, self.name, o["intra_op_threads"], o["graph_optimization"])
+        return host_side(cfg, runner, "reference")       # AIPP: the fp32 normalisation of the same pixels
 
 
 BACKEND = OrtCpuBackend()

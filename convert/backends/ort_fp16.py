@@ -54,8 +54,11 @@ class OrtFp16Backend(Backend):
         from pipeline.paths import ModelPaths
         from pipeline.runners import OrtRunner
 
+        from convert.aipp import host_side
+
         o = cfg["onnxruntime"]
-        return OrtRunner(ModelPaths(cfg["name"]).onnx_fp16, self.name, o["intra_op_threads"], o["graph_optimization"])
+        runner = OrtRunner(ModelPaths(cfg["name"]).onnx_fp16, self.name, o["intra_op_threads"], o["graph_optimization"])
+        return host_side(cfg, runner, "emulate")         # AIPP: its fp16 arithmetic on the same pixels
 
     def onnx_for_host(self, paths):
         return paths.onnx_fp16
