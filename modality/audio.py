@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from pipeline.errors import InputError, PipelineError
+from pipeline.stage_clock import stage
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 BLOCK = 1 << 18                 # frames decoded per block (5.5 s at 48 kHz)
@@ -66,14 +67,19 @@ class _Resampler:
                 pass
 
     def push(self, mono: np.ndarray, last: bool) -> None:
+        with stage("resample"):
+            self._push(mono, last)
+
+    def _push(self, mono: np.ndarray, last: bool) -> None:
         if self.stream is not None:
             self.parts.append(self.stream.resample_chunk(mono.astype(np.float64), last=last).astype(np.float32))
         else:
             self.parts.append(mono.astype(np.float32, copy=False))
 
     def result(self) -> np.ndarray:
-        x = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
-        return x if self.stream is not None else resample(x, self.sr_in, self.sr_out)
+        with stage("resample"):
+            x = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+            return x if self.stream is not None else resample(x, self.sr_in, self.sr_out)
 
 
 def _decode_error(path: Path, exc: Exception) -> InputError:
@@ -91,23 +97,24 @@ def load_audio(path: Path, sample_rate: int, min_samples: int) -> tuple[np.ndarr
 
     peak, clipped, total = 0.0, 0, 0
     try:
-        with sf.SoundFile(str(path)) as f:
-            sr, channels = int(f.samplerate), int(f.channels)
-            rs = _Resampler(sr, sample_rate)
-            blocks = f.blocks(blocksize=BLOCK, dtype="float32", always_2d=True)
-            block = next(blocks, None)
-            while block is not None:
-                nxt = next(blocks, None)
-                if not np.isfinite(block).all():
-                    bad = int(np.count_nonzero(~np.isfinite(block)))
-                    raise InputError(f"{path} contains NaN/Inf samples ({bad} in the block at "
-                                     f"{total / sr:.1f} s); repair the file (e.g. re-export it as PCM WAV)")
-                mag = np.abs(block)
-                peak = max(peak, float(mag.max()))
-                clipped += int(np.count_nonzero(mag >= CLIP_LEVEL))
-                total += block.shape[0]
-                rs.push(block.mean(axis=1), last=nxt is None)
-                block = nxt
+        with stage("decode"):      # the blocks' resampling inside is the "resample" stage
+            with sf.SoundFile(str(path)) as f:
+                sr, channels = int(f.samplerate), int(f.channels)
+                rs = _Resampler(sr, sample_rate)
+                blocks = f.blocks(blocksize=BLOCK, dtype="float32", always_2d=True)
+                block = next(blocks, None)
+                while block is not None:
+                    nxt = next(blocks, None)
+                    if not np.isfinite(block).all():
+                        bad = int(np.count_nonzero(~np.isfinite(block)))
+                        raise InputError(f"{path} contains NaN/Inf samples ({bad} in the block at "
+                                         f"{total / sr:.1f} s); repair the file (e.g. re-export it as PCM WAV)")
+                    mag = np.abs(block)
+                    peak = max(peak, float(mag.max()))
+                    clipped += int(np.count_nonzero(mag >= CLIP_LEVEL))
+                    total += block.shape[0]
+                    rs.push(block.mean(axis=1), last=nxt is None)
+                    block = nxt
     except PipelineError:
         raise
     except (RuntimeError, sf.LibsndfileError, ValueError, TypeError, EOFError) as exc:
@@ -148,7 +155,8 @@ def load_features(path: Path, sample_rate: int, min_samples: int, front_end: Fro
     wave, info = load_audio(Path(path), sample_rate, min_samples)
     info["samples"] = int(wave.shape[0])
     info["duration_s"] = duration_s(wave.shape[0], sample_rate)
-    return front_end(wave), info
+    with stage("front-end"):
+        return front_end(wave), info
 
 
 def frontend_ms(front_end: FrontEnd, wave: np.ndarray, repeats: int = 5) -> float:

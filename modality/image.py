@@ -11,6 +11,12 @@ floor(size / crop_pct) can be a pixel off, e.g. inception_v3's 342 / 299), else 
 - border: the longer side to S, keep the aspect ratio, centre crop or pad with the mean colour.
 An image smaller than the crop is resized up, never refused.
 
+Host stages (pipeline.stage_clock): "decode" (file -> RGB), "resize" (resize + crop), "normalise" (uint8 HWC ->
+float32 CHW). With AIPP on the .om (convert.aipp) the NPU normalises: the host then feeds `pixels()`, uint8 HWC,
+and skips the normalise stage. `draft_size(data_cfg)` gives a JPEG's DCT-domain downscale request
+(PIL Image.draft: decode at 1/2, 1/4 or 1/8 scale, still at least the pre-crop size) for load_image(draft=...);
+it changes pixels (a scaled IDCT, then the resize), so it is opt-in: never used unless the caller asks.
+
 Decoding: any file Pillow cannot decode is that file's InputError. Pillow refuses images above twice
 Image.MAX_IMAGE_PIXELS (decompression bombs; Pillow's default 89,478,485 pixels, so 178,956,970); the environment
 variable PIPELINE_MAX_IMAGE_PIXELS sets MAX_IMAGE_PIXELS for trusted large files.
@@ -25,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.stage_clock import stage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CROP_MODES = ("center", "squash", "border")
@@ -84,13 +91,18 @@ def max_image_pixels() -> int:
     return int(raw)
 
 
-def load_image(path: Path):
-    """Decode an image file to an RGB PIL image; InputError for anything Pillow cannot decode."""
+def load_image(path: Path, draft: tuple[int, int] | None = None):
+    """Decode an image file to an RGB PIL image; InputError for anything Pillow cannot decode.
+
+    draft (w, h): let a JPEG decode at the smallest DCT scale (1/2, 1/4, 1/8) that keeps it at least w x h
+    (PIL Image.draft); other formats ignore it. Changes pixels: opt-in only (see the module docstring)."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = max_image_pixels()
     try:
-        with Image.open(path) as im:
+        with stage("decode"), Image.open(path) as im:
+            if draft and im.format == "JPEG":
+                im.draft("RGB", draft)
             im.load()
             return to_rgb(im)
     except UnidentifiedImageError:
@@ -146,8 +158,23 @@ def _crop_or_pad(im, out_h: int, out_w: int, fill):
     return im.crop((left, top, left + out_w, top + out_h))
 
 
+def draft_size(data_cfg: dict) -> tuple[int, int]:
+    """The size a JPEG may be decoded down to before resize_crop: the pre-crop scale on both axes (so the decoded
+    image still covers it whatever the crop mode), for load_image(draft=...)."""
+    _, out_h, out_w = data_cfg["input_size"]
+    if data_cfg.get("resize_size"):
+        s = int(data_cfg["resize_size"])
+        return s, s
+    return math.floor(out_w / data_cfg["crop_pct"]), math.floor(out_h / data_cfg["crop_pct"])
+
+
 def resize_crop(im, data_cfg: dict):
     """timm's eval resize + crop (torchvision's with resize_size) of an RGB PIL image to input_size (H, W)."""
+    with stage("resize"):
+        return _resize_crop(im, data_cfg)
+
+
+def _resize_crop(im, data_cfg: dict):
     _, out_h, out_w = data_cfg["input_size"]
     crop_pct, mode, interp = data_cfg["crop_pct"], data_cfg["crop_mode"], data_cfg["interpolation"]
     scale_h, scale_w = math.floor(out_h / crop_pct), math.floor(out_w / crop_pct)
@@ -173,14 +200,28 @@ def resize_crop(im, data_cfg: dict):
 
 def normalize(rgb: np.ndarray, mean, std) -> np.ndarray:
     """uint8 (H, W, 3) -> float32 (3, H, W): x / 255, then (x - mean) / std per channel."""
-    x = rgb.astype(np.float32) / 255.0
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    with stage("normalise"):
+        x = rgb.astype(np.float32) / 255.0
+        x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def preprocess(im, data_cfg: dict) -> np.ndarray:
     """RGB PIL image -> model input (3, H, W) float32, as timm's eval transform computes it."""
     return normalize(np.asarray(resize_crop(im, data_cfg)), data_cfg["mean"], data_cfg["std"])
+
+
+def pixels(im, data_cfg: dict) -> np.ndarray:
+    """RGB PIL image -> uint8 (H, W, 3) after the eval resize/crop: what the host feeds an AIPP .om (the NPU does
+    the x / 255, mean and std of normalize)."""
+    rgb = resize_crop(im, data_cfg)
+    with stage("to-array"):
+        return np.ascontiguousarray(np.asarray(rgb, np.uint8))
+
+
+def load_pixels(path: Path, data_cfg: dict, draft: bool = False) -> np.ndarray:
+    """File -> uint8 (H, W, 3) model pixels for an AIPP target; draft=True decodes JPEGs DCT-downscaled (opt-in)."""
+    return pixels(load_image(path, draft_size(data_cfg) if draft else None), data_cfg)
 
 
 def random_images(shape, rng: np.random.Generator, mean, std) -> np.ndarray:

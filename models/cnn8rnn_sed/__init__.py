@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from modality import audio
+from pipeline.stage_clock import stage
 from pipeline.errors import ConfigError, InputError
 from pipeline.paths import ROOT
 from pipeline.schema import Opt
@@ -251,9 +252,11 @@ def postprocess(cfg: dict, source: Path, items: list[dict], meta: dict):
     names = labels(cfg, meta)
     info = items[0]["_info"]
     plan = [it["_window"] for it in items]
-    frames, seg, clip = merge_windows(items)
+    with stage("merge"):
+        frames, seg, clip = merge_windows(items)
     duration = info["duration_s"]
-    events = detect_events(frames, names, post, hop / sr, duration)
+    with stage("events"):
+        events = detect_events(frames, names, post, hop / sr, duration)
     filled = sum(w.fed - w.real for w in plan)
     overlap = sum(max(0, a.start + a.real - b.start) for a, b in zip(plan, plan[1:]))
     summary = {
@@ -261,7 +264,7 @@ def postprocess(cfg: dict, source: Path, items: list[dict], meta: dict):
         "windows": len(items), "window_frames": plan[0].fed, "silence_fill_s": filled * hop / sr,
         "window_overlap_s": overlap * hop / sr,
         "frames": int(frames.shape[0]), "frame_hop_s": hop / sr,
-        "top_k": top_k(clip, names, post["top_k"]),
+        "top_k": _top_k(clip, names, post["top_k"]),
         "events": events[: post["max_events"]], "events_total": len(events),
         "silent": info["silent"], "peak": round(info["peak"], 6), "clipped_share": info["clipped_share"],
     }
@@ -274,6 +277,11 @@ def postprocess(cfg: dict, source: Path, items: list[dict], meta: dict):
         summary["warning"] = "; ".join(warnings)
     return summary, {"framewise": frames.astype(np.float32), "clipwise": clip.astype(np.float32),
                      "segmentwise": seg.astype(np.float32)}
+
+
+def _top_k(clip, names, k):
+    with stage("top-k"):
+        return top_k(clip, names, k)
 
 
 def random_input(name: str, shape, rng: np.random.Generator, cfg: dict) -> np.ndarray:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.stage_clock import stage
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.schema import OneOf, Opt
 
@@ -151,7 +152,8 @@ def prepare(source: Path, cfg: dict, input_meta) -> list[dict]:
     items = []
     for first in range(0, n, size):
         rows = min(size, n - first)
-        frames, level = normalise(frames_at(wave, hop, first, fixed or rows))
+        with stage("framing"):
+            frames, level = normalise(frames_at(wave, hop, first, fixed or rows))
         items.append({name: frames, "_first": first, "_rows": rows, "_frames_total": n,
                       "_level_db": [round(float(v), 2) for v in level[:rows]], "_info": info})
     return items
@@ -173,7 +175,8 @@ def track(cfg: dict, items: list[dict], strict: bool = True) -> dict:
         raise PipelineError(f"the model returned {bad} non-finite activations; check the target (fp16 overflow?) "
                             "with `make precision`")
     act = np.nan_to_num(act, nan=0.0, posinf=0.0, neginf=0.0)
-    f0, periodicity, bins = decode_activations(act, post["decoder"], post["fmin"], post["fmax"], post["dither_seed"])
+    with stage(post["decoder"]):
+        f0, periodicity, bins = decode_activations(act, post["decoder"], post["fmin"], post["fmax"], post["dither_seed"])
     levels = [it.get("_level_db") for it in items]
     voiced = periodicity >= post["voicing_threshold"]
     level = None

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from modality import audio
+from pipeline.stage_clock import stage
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.schema import Opt
 
@@ -161,7 +162,8 @@ def prepare(source: Path, cfg: dict, input_meta) -> list[dict]:
     carries the file facts as JSON-able context (_samples, _duration_s, _sample_rate_in, ...)."""
     _check_target(input_meta)
     wave, info = load_wave(source, cfg)
-    win = windows(wave)
+    with stage("framing"):
+        win = windows(wave)
     state = zero_state()
     state.flags.writeable = False          # one shared initial state: the stages replace it, never write it
     items = [{"input": win[k:k + 1], "state": state} for k in range(win.shape[0])]
@@ -213,7 +215,8 @@ def postprocess(cfg: dict, source: Path, items: list[dict], meta: dict):
     probs, _ = track(items)
     info = file_info(items)
     samples = int(info["samples"])
-    spans = find_segments(probs, samples, post)
+    with stage("segments"):
+        spans = find_segments(probs, samples, post)
     secs = np.array(spans, np.float64).reshape(-1, 2) / SAMPLE_RATE
     speech_s = float((secs[:, 1] - secs[:, 0]).sum())
     audio_s = samples / SAMPLE_RATE
