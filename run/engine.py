@@ -11,6 +11,12 @@ family (contract hook state_carry) has every source's items in one run_block cal
 through pipeline.batching.run_sequence; a resumed run reruns whole blocks and Ray actors get whole blocks.
 Item context (keys starting with '_') goes into the manifest when it is JSON, beside the inputs as .npy when it
 is a numpy array (`item_context` reads both back), and is a one-line error otherwise.
+
+Host stages: prepare_source and the post step time the family's named sub-stages (pipeline.stage_clock:
+decode, resample, front-end, resize, ..., what the family did not name is "prepare" / "post-process") and the
+engine's .npy writes ("write"); every journal entry's stats hold their seconds under "stages". A HostPool
+(spawned host processes, `infer.host_workers`) prepares the next sources and post-processes finished blocks
+while the runner runs the current one; the records and files are the same bytes as in one process.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from pipeline.contract import DURATION_KEY, RTF_KEY
 from pipeline.atomic import _default, save_npy, write_text
 from pipeline.batching import feed_names, rows_of, run_rows, run_sequence, signature, split, stack
 from pipeline.errors import PipelineError
+from pipeline.stage_clock import add as add_stages, collect, stage
 
 JOURNAL = "journal.jsonl"
 
@@ -78,25 +85,174 @@ def _safe(stem: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60]
 
 
-def prepare_source(family, cfg, input_meta, idx: int, source: Path) -> dict:
-    """Decode and preprocess one source: {"index", "source", "items"} or {"index", "source", "error"}."""
+def prepare_source(family, cfg, input_meta, idx: int, source: Path, work: Path | None = None) -> dict:
+    """Decode and preprocess one source: {"index", "source", "items", "prepare_s", "stages"} or {"index", "source",
+    "error", ...}. With `work` (a host process of a stateless family) the items' inputs and context files are
+    written there too and the manifest entries come along ("manifest"): run_block then only runs them."""
     t0 = time.perf_counter()
+    with collect() as stages:
+        try:
+            with stage("prepare"):
+                items = family.prepare(source, cfg, input_meta)
+            if not items:
+                raise PipelineError(f"{source}: the model family produced no input items; check the file")
+            names = feed_names(cfg)
+            for it in items:
+                missing = [n for n in names if n not in it]
+                if missing:
+                    raise PipelineError(f"{source}: prepared item lacks input(s) {missing}")
+                for n in names:
+                    it[n] = np.ascontiguousarray(it[n])
+                split_context(it, source)
+            out = {"index": idx, "source": str(source), "items": items}
+            if work is not None and not family.state_carry(cfg):
+                out["manifest"] = manifest_entries(out, names, {}, Path(work))
+        except PipelineError as exc:
+            out = {"index": idx, "source": str(source), "error": " ".join(str(exc).split())}
+    return {**out, "prepare_s": time.perf_counter() - t0, "stages": dict(stages)}
+
+
+def manifest_entries(p: dict, names: list[str], carry: dict, work: Path) -> list[dict]:
+    """The manifest entries of a prepared source's items; writes their context arrays and (stateless) inputs."""
+    entries = []
+    with stage("write"):
+        for k, item in enumerate(p["items"]):
+            iid = item_id(p["index"], k)
+            files = {n: f"{iid}.{n}.npy" for n in names}
+            plain, arrays = split_context(item, p["source"])
+            entry = {"id": iid, "source_index": p["index"], "chunk": k, "files": files,
+                     "shapes": {n: list(item[n].shape) for n in names}, "context": plain}
+            if arrays:
+                entry["context_files"] = {c: f"{CONTEXT_DIR}/{iid}.{c}.npy" for c in arrays}
+                for c, a in arrays.items():
+                    save_npy(work / "inputs" / entry["context_files"][c], a)
+            if carry and k > 0:
+                entry["carried"] = sorted(carry.values())     # its state inputs are item k-1's outputs
+            if not carry:       # a stateful item's inputs are saved once run: the state actually fed
+                for n in names:
+                    save_npy(work / "inputs" / files[n], item[n])
+            entries.append(entry)
+    return entries
+
+
+def postprocess_source(family, cfg, meta: dict, work: Path, index: int, source: str, n_items: int, outs: dict,
+                       busy_s: float) -> dict:
+    """One source's post step: {"record": ... | "error": line, "post_s", "stages"}; its arrays and text files
+    written under work/outputs/post. busy_s: its prepare and device seconds so far (real-time factor)."""
+    t0 = time.perf_counter()
+    with collect() as stages:
+        try:
+            rec = _postprocess(family, cfg, meta, work, index, Path(source), n_items, outs, busy_s, t0)
+            out = {"record": rec}
+        except PipelineError as exc:
+            out = {"error": " ".join(str(exc).split())}
+    return {**out, "post_s": time.perf_counter() - t0, "stages": dict(stages)}
+
+
+def _postprocess(family, cfg, meta, work: Path, index: int, source: Path, n_items: int, outs: dict, busy_s: float,
+                 t0: float) -> dict:
+    items = [outs[k] for k in range(n_items)]
+    with stage("post-process"):
+        summary, arrays = family.postprocess(cfg, source, items, meta)
+        texts = family.text_outputs(cfg, summary, arrays)
+    stem = f"{index:05d}_{_safe(source.stem)}"
+    saved = {}
+    with stage("write"):
+        for name, arr in arrays.items():
+            rel = Path("post") / f"{stem}.{name}.npy"
+            save_npy(work / "outputs" / rel, np.asarray(arr))
+            saved[name] = {"file": str(rel), "shape": list(np.shape(arr))}
+        for suffix, text in texts.items():
+            rel = Path("post") / f"{stem}.{suffix}"
+            write_text(work / "outputs" / rel, text)
+            saved[suffix] = {"file": str(rel)}
+    with stage("hash"):
+        digest = provenance.sha256_file(source)
+    if family.has("time_input", cfg) and isinstance(summary, dict):
+        busy = busy_s + time.perf_counter() - t0
+        summary[RTF_KEY] = summary[DURATION_KEY] / busy if busy > 0 else None
+    return {"source_sha256": digest, "items": [item_id(index, k) for k in range(n_items)], "summary": summary,
+            "arrays": saved}
+
+
+# --- host processes -----------------------------------------------------------------------------------------
+
+POOL_MIN_SOURCES = 16     # infer.host_workers 0 (auto): fewer sources run in this process (a pool's start-up
+                          # of ~1 s per process would cost more than it saves)
+
+
+def host_workers(cfg: dict, n_sources: int) -> int:
+    """Host processes for a run: infer.host_workers (0 = one per core, and 1 below POOL_MIN_SOURCES sources); 1
+    for a family a fresh interpreter cannot import (one registered at run time, e.g. by a test)."""
+    import importlib.util
+
+    name = f"models.{cfg['family']}"
     try:
-        items = family.prepare(source, cfg, input_meta)
-        if not items:
-            raise PipelineError(f"{source}: the model family produced no input items; check the file")
-        names = feed_names(cfg)
-        for it in items:
-            missing = [n for n in names if n not in it]
-            if missing:
-                raise PipelineError(f"{source}: prepared item lacks input(s) {missing}")
-            for n in names:
-                it[n] = np.ascontiguousarray(it[n])
-            split_context(it, source)
-        return {"index": idx, "source": str(source), "items": items, "prepare_s": time.perf_counter() - t0}
-    except PipelineError as exc:
-        return {"index": idx, "source": str(source), "error": " ".join(str(exc).split()),
-                "prepare_s": time.perf_counter() - t0}
+        spec = importlib.util.find_spec(name)
+        importable = spec is not None and spec.name == name      # not a module registered under that name
+    except (ImportError, ValueError):
+        importable = False
+    if not importable:
+        return 1
+    n = int(cfg["infer"].get("host_workers", 0) or 0)
+    if n > 0:
+        return n
+    return (os.cpu_count() or 1) if n_sources >= POOL_MIN_SOURCES else 1
+
+
+_HOST: dict = {}
+
+
+def _host_init(cfg: dict, meta: dict, work: str) -> None:
+    from pipeline.config import load_family
+
+    _HOST.update(cfg=cfg, meta=meta, work=Path(work), family=load_family(cfg["family"]))
+
+
+def _host_ready() -> int:
+    return os.getpid()
+
+
+def _host_prepare(input_meta, idx: int, source: str, write: bool, family=None) -> dict:
+    h = _HOST
+    return prepare_source(family or h["family"], h["cfg"], input_meta, idx, Path(source), h["work"] if write else None)
+
+
+def _host_post(index: int, source: str, n_items: int, outs: dict, busy_s: float, family=None) -> dict:
+    h = _HOST
+    return postprocess_source(family or h["family"], h["cfg"], h["meta"], h["work"], index, source, n_items, outs,
+                              busy_s)
+
+
+class HostPool:
+    """`workers` spawned host processes that prepare sources and post-process finished ones. Create it BEFORE the
+    runner is opened (CANN forbids AscendCL in a fork()ed child of a process that initialised ACL; "spawn" starts
+    clean interpreters, so the children never inherit ACL state either way)."""
+
+    def __init__(self, workers: int, cfg: dict, meta: dict, work: Path):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.workers = workers
+        self.family = None            # a picklable family object to use instead of cfg's (the bench's AIPP pixels)
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_host_init, initargs=(cfg, meta, str(work)))
+        self.pids = sorted(set(f.result() for f in [self.pool.submit(_host_ready) for _ in range(workers)]))
+
+    def prepare(self, input_meta, idx: int, source, write: bool):
+        return self.pool.submit(_host_prepare, input_meta, idx, str(source), write, self.family)
+
+    def post(self, index: int, source: str, n_items: int, outs: dict, busy_s: float):
+        return self.pool.submit(_host_post, index, source, n_items, outs, busy_s, self.family)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class BlockWorker:
@@ -110,38 +266,33 @@ class BlockWorker:
         self.carry = dict(family.state_carry(cfg))
 
     def run_block(self, block: int, prepared: list[dict]) -> dict:
-        """One block's journal entry: {"block", "records": [...], "stats": {...}}."""
-        stats = {"infer_s": 0.0, "post_s": 0.0, "prepare_s": 0.0, "batches": 0, "device_runs": 0, "items": 0}
+        """One block's journal entry: {"block", "records": [...], "stats": {...}} (device runs, then post)."""
+        return self.finish_block(self.run_device(block, prepared))
+
+    def run_device(self, block: int, prepared: list[dict]) -> dict:
+        """Write the block's inputs, run its batches, write the item outputs: the state finish_block takes."""
+        stats = {"infer_s": 0.0, "post_s": 0.0, "prepare_s": 0.0, "batches": 0, "device_runs": 0, "items": 0,
+                 "stages": {}}
         self.busy: dict[int, float] = {}         # seconds spent on each source: prepare + its share of runs + post
         pending: dict[tuple, list] = {}
         outs: dict[int, dict] = {}
         records = {}
         for p in prepared:
             stats["prepare_s"] += p.get("prepare_s", 0.0)
+            add_stages(stats["stages"], p.get("stages"))
             self.busy[p["index"]] = p.get("prepare_s", 0.0)
             if "error" in p:
                 records[p["index"]] = {"index": p["index"], "source": p["source"], "error": p["error"]}
                 continue
             outs[p["index"]] = {}
-            entries, queued = [], []
-            for k, item in enumerate(p["items"]):
-                iid = item_id(p["index"], k)
-                files = {n: f"{iid}.{n}.npy" for n in self.names}
-                context = {c: v for c, v in item.items() if c.startswith("_")}
-                plain, arrays = split_context(item, p["source"])
-                entry = {"id": iid, "source_index": p["index"], "chunk": k, "files": files,
-                         "shapes": {n: list(item[n].shape) for n in self.names}, "context": plain}
-                if arrays:
-                    entry["context_files"] = {c: f"{CONTEXT_DIR}/{iid}.{c}.npy" for c in arrays}
-                    for c, a in arrays.items():
-                        save_npy(self.work / "inputs" / entry["context_files"][c], a)
-                if self.carry and k > 0:
-                    entry["carried"] = sorted(self.carry.values())     # its state inputs are item k-1's outputs
-                if not self.carry:       # a stateful item's inputs are saved once run: the state actually fed
-                    for n in self.names:
-                        save_npy(self.work / "inputs" / files[n], item[n])
-                entries.append(entry)
-                queued.append((iid, p["index"], k, item, context))
+            if "manifest" in p and not self.carry:          # written by a host process
+                entries = p["manifest"]
+            else:
+                with collect() as written:
+                    entries = manifest_entries(p, self.names, self.carry, self.work)
+                add_stages(stats["stages"], written)
+            queued = [(e["id"], p["index"], k, item, {c: v for c, v in item.items() if c.startswith("_")})
+                      for k, (e, item) in enumerate(zip(entries, p["items"]))]
             records[p["index"]] = {"index": p["index"], "source": p["source"], "manifest": entries}
             if not self.carry:
                 for q in queued:
@@ -154,18 +305,28 @@ class BlockWorker:
         for group in pending.values():
             for i in range(0, len(group), self.batch_size):
                 self._run_batch(group[i:i + self.batch_size], outs, stats)
-        for p in prepared:
-            rec = records[p["index"]]
-            if "error" in rec:
-                continue
-            t0 = time.perf_counter()
-            try:
-                rec.update(self._postprocess(p, outs[p["index"]], t0))
-            except PipelineError as exc:
-                rec = {"index": p["index"], "source": p["source"], "error": " ".join(str(exc).split())}
-            records[p["index"]] = rec
-            stats["post_s"] += time.perf_counter() - t0
-        return {"block": block, "records": [records[p["index"]] for p in prepared], "stats": stats}
+        return {"block": block, "prepared": prepared, "records": records, "outs": outs, "stats": stats,
+                "busy": self.busy}
+
+    def post_jobs(self, state: dict) -> list[tuple]:
+        """(index, source, items, outputs + context, busy seconds) of each source of the block still to post-process."""
+        return [(p["index"], p["source"], len(p["items"]), state["outs"][p["index"]], state["busy"].get(p["index"], 0.0))
+                for p in state["prepared"] if "error" not in state["records"][p["index"]]]
+
+    def finish_block(self, state: dict, posted: dict | None = None) -> dict:
+        """The journal entry of a block run by run_device; `posted` {index: postprocess_source result} when host
+        processes did the post step, else it runs here."""
+        records, stats = state["records"], state["stats"]
+        for index, source, n_items, outs, busy in self.post_jobs(state):
+            res = posted[index] if posted is not None else postprocess_source(
+                self.family, self.cfg, self.meta, self.work, index, source, n_items, outs, busy)
+            if "error" in res:
+                records[index] = {"index": index, "source": source, "error": res["error"]}
+            else:
+                records[index].update(res["record"])
+            stats["post_s"] += res["post_s"]
+            add_stages(stats["stages"], res["stages"])
+        return {"block": state["block"], "records": [records[p["index"]] for p in state["prepared"]], "stats": stats}
 
     def _run_sequence(self, p: dict, queued: list, outs: dict, stats: dict) -> None:
         """A stateful source: its items in order, one device run each, the state carried (run_sequence)."""
@@ -177,12 +338,14 @@ class BlockWorker:
         stats["batches"] += len(queued)
         stats["device_runs"] += len(queued)
         stats["items"] += len(queued)
+        t1 = time.perf_counter()
         for (iid, idx, k, _item, context), (fed, res) in zip(queued, done):
             for n in self.names:
                 save_npy(self.work / "inputs" / f"{iid}.{n}.npy", fed[n])
             for name, arr in res.items():
                 save_npy(self.work / "outputs" / "items" / f"{iid}.{name}.npy", arr)
             outs[idx][k] = {**res, **context}
+        add_stages(stats["stages"], {"write": time.perf_counter() - t1})
 
     def _run_batch(self, batch: list, outs: dict, stats: dict) -> None:
         feeds = stack([b[3] for b in batch], self.names)
@@ -196,30 +359,12 @@ class BlockWorker:
         stats["batches"] += 1
         stats["device_runs"] += runs
         stats["items"] += len(batch)
+        t1 = time.perf_counter()
         for (iid, idx, k, _item, context), res in zip(batch, split(out, [rows_of(b[3], self.names) for b in batch])):
             for name, arr in res.items():
                 save_npy(self.work / "outputs" / "items" / f"{iid}.{name}.npy", arr)
             outs[idx][k] = {**res, **context}
-
-    def _postprocess(self, p: dict, outs: dict, t0: float) -> dict:
-        source = Path(p["source"])
-        items = [outs[k] for k in range(len(p["items"]))]
-        summary, arrays = self.family.postprocess(self.cfg, source, items, self.meta)
-        stem = f"{p['index']:05d}_{_safe(source.stem)}"
-        saved = {}
-        for name, arr in arrays.items():
-            rel = Path("post") / f"{stem}.{name}.npy"
-            save_npy(self.work / "outputs" / rel, np.asarray(arr))
-            saved[name] = {"file": str(rel), "shape": list(np.shape(arr))}
-        for suffix, text in self.family.text_outputs(self.cfg, summary, arrays).items():
-            rel = Path("post") / f"{stem}.{suffix}"
-            write_text(self.work / "outputs" / rel, text)
-            saved[suffix] = {"file": str(rel)}
-        if self.family.has("time_input", self.cfg) and isinstance(summary, dict):
-            busy = self.busy.get(p["index"], 0.0) + time.perf_counter() - t0
-            summary[RTF_KEY] = summary[DURATION_KEY] / busy if busy > 0 else None
-        return {"source_sha256": provenance.sha256_file(source),
-                "items": [item_id(p["index"], k) for k in range(len(p["items"]))], "summary": summary, "arrays": saved}
+        add_stages(stats["stages"], {"write": time.perf_counter() - t1})
 
 
 class Journal:

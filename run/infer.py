@@ -30,7 +30,8 @@ from pipeline.paths import ModelPaths
 from pipeline.progress import Progress
 from pipeline import stages
 
-from .engine import JOURNAL, BlockWorker, Journal, plan_blocks, prepare_source, run_key
+from .engine import JOURNAL, BlockWorker, HostPool, Journal, host_workers, plan_blocks, prepare_source, run_key
+from pipeline.stage_clock import add as add_stages
 
 ENGINES = ("local", "ray")
 
@@ -59,8 +60,13 @@ def load_weights_meta(paths: ModelPaths, cfg: dict) -> dict:
     return json.loads(path.read_text())
 
 
-def iter_blocks(worker: BlockWorker, family, cfg, sources, blocks, todo, depth: int):
-    """Journal entries of the `todo` blocks in order; preparation runs ahead in a thread (bounded queue)."""
+def iter_blocks(worker: BlockWorker, family, cfg, sources, blocks, todo, depth: int, pool: HostPool | None = None):
+    """Journal entries of the `todo` blocks in order. In this process: preparation runs ahead in a thread (bounded
+    queue), the post step after each block's device runs. With a HostPool: host processes prepare up to `depth`
+    sources ahead and post-process block n-1 while the runner runs block n; the entries and files are the same."""
+    if pool is not None:
+        yield from _iter_blocks_pool(worker, cfg, sources, blocks, todo, depth, pool)
+        return
     input_meta = worker.runner.get_input_metadata()
     order = [(b, idx) for b in todo for idx in blocks[b]]
     prepared = prefetch(lambda b, idx: (b, prepare_source(family, cfg, input_meta, idx, Path(sources[idx]))),
@@ -76,9 +82,43 @@ def iter_blocks(worker: BlockWorker, family, cfg, sources, blocks, todo, depth: 
         yield worker.run_block(current, bucket)
 
 
-def run_local(cfg, family, runner, meta, work, sources, blocks, todo, journal, progress, batch_size) -> None:
+def _iter_blocks_pool(worker: BlockWorker, cfg, sources, blocks, todo, depth: int, pool: HostPool):
+    input_meta = worker.runner.get_input_metadata()
+    write = not worker.carry                  # a stateless family's inputs are written by the host process
+    order = iter([idx for b in todo for idx in blocks[b]])
+    ahead: deque = deque()
+
+    def top_up():
+        while len(ahead) < depth:
+            idx = next(order, None)
+            if idx is None:
+                return
+            ahead.append(pool.prepare(input_meta, idx, Path(sources[idx]), write))
+
+    posting: deque = deque()              # (device state, {index: future}) of blocks whose post step runs
+
+    def finished(state, futs):
+        return worker.finish_block(state, {i: f.result() for i, f in futs.items()})
+
+    top_up()
+    for b in todo:
+        prepared = []
+        for _ in blocks[b]:
+            prepared.append(ahead.popleft().result())
+            top_up()
+        state = worker.run_device(b, prepared)
+        posting.append((state, {job[0]: pool.post(*job) for job in worker.post_jobs(state)}))
+        while len(posting) > 1:
+            yield finished(*posting.popleft())
+    while posting:
+        yield finished(*posting.popleft())
+
+
+def run_local(cfg, family, runner, meta, work, sources, blocks, todo, journal, progress, batch_size,
+              pool: HostPool | None = None) -> None:
     worker = BlockWorker(cfg, family, runner, meta, work, batch_size)
-    for entry in iter_blocks(worker, family, cfg, sources, blocks, todo, max(2, 2 * batch_size)):
+    depth = max(2, 2 * batch_size, 2 * (pool.workers if pool else 0))
+    for entry in iter_blocks(worker, family, cfg, sources, blocks, todo, depth, pool):
         journal.append(entry)
         progress.update(len(entry["records"]))
 
@@ -100,13 +140,17 @@ def finish(journal: Journal, work: Path, paths: ModelPaths, cfg: dict, backend: 
     """Manifests and the streamed results from the journal, in source order; then the folders move in place."""
     names = [t["name"] for t in cfg["inputs"]]
     items, failed, n_ok, audio_s, done = [], [], 0, 0.0, []
-    stats = {"infer_s": 0.0, "post_s": 0.0, "prepare_s": 0.0, "batches": 0, "device_runs": 0, "items": 0}
+    stats = {"infer_s": 0.0, "post_s": 0.0, "prepare_s": 0.0, "batches": 0, "device_runs": 0, "items": 0,
+             "stages": {}}
     jsonl = paths.results / "inference_result.jsonl"
     first = None
     with atomic_path(jsonl) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for entry in journal.entries():
             for k, v in entry["stats"].items():
-                stats[k] += v
+                if k == "stages":
+                    add_stages(stats["stages"], v)
+                else:
+                    stats[k] += v
             for rec in entry["records"]:
                 if "error" in rec:
                     failed.append({"index": rec["index"], "source": rec["source"], "error": rec["error"]})
@@ -193,6 +237,9 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
     progress = Progress(len(sources), "infer")
     progress.update(sum(len(blocks[b]) for b in done))
 
+    n_host = host_workers(cfg, len(sources)) if engine == "local" else 1
+    # the host processes start before the runner opens (no AscendCL state in any child)
+    pool = HostPool(n_host, cfg, weights_meta, work) if n_host > 1 and todo else None
     t_load = time.perf_counter()
     if engine == "ray":
         from .ray_engine import run_ray
@@ -201,13 +248,20 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
                                                    journal, progress, batch_size, workers, device, log)
         t_start, load_s = t_load, None
     else:
-        runner = backends.open_runner(cfg, backend, device)
-        with runner:
-            t_start = time.perf_counter()
-            load_s = t_start - t_load
-            log(f"infer | {cfg['name']} on {backend} ({runner.device}): {len(sources)} input file(s), batch {batch_size}")
-            run_local(cfg, family, runner, weights_meta, work, sources, blocks, todo, journal, progress, batch_size)
-        runner_desc, device, engine_info = runner.describe(), runner.device, {"engine": "local"}
+        try:
+            runner = backends.open_runner(cfg, backend, device)
+            with runner:
+                t_start = time.perf_counter()
+                load_s = t_start - t_load
+                log(f"infer | {cfg['name']} on {backend} ({runner.device}): {len(sources)} input file(s), batch "
+                    f"{batch_size}, {pool.workers if pool else 1} host process(es)")
+                run_local(cfg, family, runner, weights_meta, work, sources, blocks, todo, journal, progress,
+                          batch_size, pool)
+        finally:
+            if pool:
+                pool.close()
+        runner_desc, device = runner.describe(), runner.device
+        engine_info = {"engine": "local", "host_workers": pool.workers if pool else 1}
     progress.close()
     wall = time.perf_counter() - t_start
 
@@ -230,15 +284,18 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
     st, n_items = res["stats"], len(res["items"])
     timing = {
         "runner_load_s": load_s, "wall_s": wall, "preprocess_s": st["prepare_s"], "inference_s": st["infer_s"],
-        "postprocess_s": st["post_s"], "items": n_items, "batches": st["batches"], "device_runs": st["device_runs"],
+        "postprocess_s": st["post_s"], "host_stages_s": st["stages"], "items": n_items, "batches": st["batches"], "device_runs": st["device_runs"],
         "batch_size": batch_size, "pad": cfg["infer"]["pad"],
         "resumed_blocks": len(done), "blocks": len(blocks),
         "end_to_end_items_per_s": n_items / wall if wall > 0 else None,
         "inference_only_items_per_s": n_items / st["infer_s"] if st["infer_s"] > 0 else None,
         "memory_trace": progress.trace,
+        "host_workers": pool.workers if pool else 1,
         "definition": ("items per second of wall time after the runner is loaded (preprocessing, I/O, "
                        "inference, postprocessing); inference_only counts only runner calls; resumed runs count "
-                       "this run's wall time and all items; memory_trace: resident MB of this process after "
+                       "this run's wall time and all items; preprocess_s, postprocess_s and host_stages_s (seconds per host "
+                       "stage: decode, resample, front-end, resize, write, post-process, ...) are summed over the "
+                       "host processes, so with host_workers > 1 they can exceed wall_s; memory_trace: resident MB of this process after "
                        "every 10% of the input files"),
     }
     if family.has("time_input", cfg):
