@@ -17,7 +17,7 @@ from pipeline.log import StageLog
 from pipeline.paths import ModelPaths
 from pipeline import stages
 
-from convert import backends
+from convert import aipp, backends
 from convert.backends import open_runner
 
 
@@ -110,8 +110,15 @@ def torch_baseline(cfg, paths, family):
     module = family.export_module(model.eval(), cfg)
     torch.set_num_threads(os.cpu_count() or 1)
 
+    from convert import aipp
+
+    p = aipp.plan(cfg)
+
     def make_call(feeds):
-        args = [torch.from_numpy(feeds[t["name"]]) for t in cfg["inputs"]]
+        if p:               # PyTorch gets the network's input: the fp32 normalisation of the same uint8 pixels
+            feeds = {**feeds, p["input"]: aipp.reference(feeds[p["input"]], p)}
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[t["name"]], dtype=t["dtype"] or "float32"))
+                for t in cfg["inputs"]]
 
         def call():
             with torch.inference_mode():
@@ -160,6 +167,19 @@ def pipeline_throughput(cfg, family, runner, paths, rows, log) -> dict:
     return out
 
 
+def device_feed(family, tensor: dict, shape: list, rng, cfg: dict) -> np.ndarray:
+    """A seeded realistic feed as the target takes it (convert.aipp.device_inputs): the family's random_input,
+    as uint8 NHWC pixels for an AIPP input (its NCHW image scaled to 0..255) and float16 for fp16 input nodes."""
+    dtype = np.dtype(tensor.get("dtype", "float32"))
+    if dtype == np.uint8 and len(shape) == 4:
+        n, h, w, c = shape
+        x = family.random_input(tensor["name"], [n, c, h, w], rng, cfg).astype(np.float64)
+        lo, hi = x.min(), x.max()
+        x = (x - lo) / (hi - lo if hi > lo else 1.0) * 255.0
+        return np.ascontiguousarray(x.round().astype(np.uint8).transpose(0, 2, 3, 1))
+    return family.random_input(tensor["name"], shape, rng, cfg).astype(dtype, copy=False)
+
+
 BENCH_KEYS = ("batch_sizes", "warmup", "runs", "torch_baseline", "shapes", "pipeline_sources")
 
 
@@ -181,7 +201,20 @@ def bench(model: str, backend: str = 'auto', device: int = 0, heavy: bool = Fals
     family = load_family(cfg["family"])
     bcfg, bench_set_name = bench_set(cfg, heavy)
     notes = []
-    runner = open_runner(cfg, backend, device, log=notes.append)
+    from .engine import HostPool, host_workers
+    from .host_bench import HOST_FILES, host_figures
+    from .infer import load_weights_meta
+
+    meta = load_weights_meta(paths, cfg)
+    n_host = host_workers(cfg, HOST_FILES)
+    # the host processes start before the runner opens (no AscendCL state in any child)
+    pool = HostPool(n_host, cfg, meta, paths.build / "bench-host-work") if n_host > 1 else None
+    try:
+        runner = open_runner(cfg, backend, device, log=notes.append)
+    except BaseException:
+        if pool:
+            pool.close()
+        raise
     log = StageLog(paths.logs / f"bench-{runner.backend}.log")
     for note in notes:
         log(f"bench | {note}")
@@ -189,6 +222,8 @@ def bench(model: str, backend: str = 'auto', device: int = 0, heavy: bool = Fals
     cases = bcfg["shapes"] or [{}]
     carried = set(family.state_carry(cfg).values())
     batch_axis = cfg["inputs"][0]["shape"][0]
+    tensors = aipp.device_inputs(cfg)           # what the host feeds the target (AIPP: uint8 NHWC)
+    host = None
     with runner:       # the backend first, alone in memory
         for case in cases:
             for bs in bcfg["batch_sizes"]:
@@ -198,14 +233,14 @@ def bench(model: str, backend: str = 'auto', device: int = 0, heavy: bool = Fals
                     skipped.append({"batch_size": bs, "reason": why})
                     continue
                 shapes = {t["name"]: concrete_shape(t, bs, case, t["name"] in carried, batch_axis)
-                          for t in cfg["inputs"]}
+                          for t in tensors}
                 why = runner.unsupported(shapes)
                 if why:
                     log(f"bench | skipped bs={bs} {shapes}: {why}")
                     skipped.append({"batch_size": bs, "shapes": shapes, "reason": why})
                     continue
                 rng = np.random.default_rng(1000 + bs)
-                feeds = {name: family.random_input(name, shape, rng, cfg) for name, shape in shapes.items()}
+                feeds = {t["name"]: device_feed(family, t, shapes[t["name"]], rng, cfg) for t in tensors}
                 device_ms = []
 
                 def call():
@@ -224,6 +259,11 @@ def bench(model: str, backend: str = 'auto', device: int = 0, heavy: bool = Fals
                 rows.append(row)
                 feeds_per_row.append(feeds)
         pipeline = pipeline_throughput(cfg, family, runner, paths, rows, log) if bcfg["pipeline_sources"] else None
+        try:
+            host = host_figures(cfg, family, runner, meta, paths.build, rows, pool, log)
+        finally:
+            if pool:
+                pool.close()
         desc = runner.describe()
 
     baseline, baseline_desc = (None, "disabled in the config")
@@ -255,10 +295,15 @@ def bench(model: str, backend: str = 'auto', device: int = 0, heavy: bool = Fals
             "timer": "time.perf_counter around runner.infer (host end to end: input copy, compute, output copy)",
             "throughput_definition": "batch_size * measured_runs / elapsed wall seconds",
             "ais_bench_throughput_definition": "1000 * batch_size / mean device compute ms (om backend only)",
-            "inputs": "seeded realistic inputs from the model family (random_input)",
+            "inputs": "seeded realistic inputs from the model family (random_input), as the target takes them "
+                      "(convert.aipp.device_inputs: uint8 NHWC for an AIPP input)",
+            "host": "host: make infer's engine over real-ish files with the runner's outputs replayed (recorded "
+                    "once per input shape from the real runner): host-only, device time excluded, never a device "
+                    "figure; beside bench.npu_rate (published per-chip rate) or, on om, ais_bench_throughput",
             "peak_rss": "resident memory of this process sampled every 5 ms during the measured runs (backend runs happen before the PyTorch baseline is loaded)",
         },
         "baseline": baseline_desc, "results": rows, "skipped": skipped, "infer_pipeline": pipeline,
+        "host": host,
     })
     write_json(paths.results / "performance_eval.json", report)
     log(f"bench | results/{cfg['name']}/performance_eval.json")

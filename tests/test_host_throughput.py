@@ -1,0 +1,153 @@
+"""Host throughput (issue 22): stage timing, the replay runner, host processes that give the same bytes, and the
+bench's host figure beside the published per-chip rate. No timing is asserted, only presence and consistency."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.runners import Runner, TensorMeta
+from pipeline.stage_clock import collect, stage
+
+MODEL = "cnn8rnn_audioset_sed"
+
+
+class SedDouble(Runner):
+    """A deterministic stand-in for CNN8RNN: outputs computed from the log-mel, so replays are checkable."""
+
+    backend, device = "double", "cpu"
+
+    def _activate(self):
+        pass
+
+    def _deactivate(self):
+        pass
+
+    def get_input_metadata(self):
+        return [TensorMeta("logmel", "float32", [None, 1, None, 64])]
+
+    def get_output_names(self):
+        return ["segmentwise_output", "clipwise_output"]
+
+    def describe(self):
+        return {"runner": "SedDouble"}
+
+    def _infer(self, feeds):
+        x = feeds["logmel"][:, 0]
+        b, t, _ = x.shape
+        seg = x[:, : (t // 4) * 4].reshape(b, t // 4, 4, 64).mean(2)
+        seg = 1 / (1 + np.exp(-(np.tile(seg, (1, 1, 7))[:, :, :447] + 40) / 10))
+        return {"segmentwise_output": seg.astype(np.float32), "clipwise_output": seg.mean(1).astype(np.float32)}
+
+
+def test_stage_clock_is_exclusive_and_sums_to_at_most_the_wall():
+    t0 = time.perf_counter()
+    with collect() as st:
+        with stage("decode"):
+            time.sleep(0.01)
+            with stage("resample"):
+                time.sleep(0.01)
+        with stage("write"):
+            pass
+    wall = time.perf_counter() - t0
+    assert set(st) == {"decode", "resample", "write"}
+    assert st["decode"] < st["decode"] + st["resample"] <= wall
+    with stage("nothing-open"):         # no collector: a no-op
+        pass
+
+
+@pytest.fixture
+def sed(isolated_dirs):
+    from pipeline.config import load_config, load_family
+
+    cfg = load_config(MODEL, stage="infer")
+    family = load_family(cfg["family"])
+    sources = family.generate_sources(cfg, isolated_dirs / "src", count=6, seed=3)
+    return cfg, family, sources, isolated_dirs
+
+
+def run_engine(cfg, family, sources, work: Path, runner, pool=None) -> list[dict]:
+    from run.engine import BlockWorker, plan_blocks
+    from run.infer import iter_blocks
+
+    worker = BlockWorker(cfg, family, runner, {}, work, 2)
+    blocks = plan_blocks(len(sources), 2)
+    return list(iter_blocks(worker, family, cfg, sources, blocks, range(len(blocks)), 4, pool))
+
+
+def test_replay_runner_returns_the_recorded_outputs_and_is_host_only(sed):
+    from pipeline.errors import PipelineError
+    from run.host_bench import HOST_ONLY, ReplayRunner
+
+    cfg, family, sources, tmp = sed
+    real = SedDouble()
+    real.activate()
+    replay = ReplayRunner(real)
+    feeds = {"logmel": np.random.default_rng(0).normal(-40, 10, (1, 1, 301, 64)).astype(np.float32)}
+    first = replay.infer(feeds)
+    replay.freeze()
+    again = replay.infer({"logmel": np.zeros((1, 1, 301, 64), np.float32)})     # same shape: the recorded outputs
+    for name, arr in real.infer(feeds).items():
+        assert np.array_equal(first[name], arr) and np.array_equal(again[name], arr)
+    assert replay.describe()["label"] == HOST_ONLY and HOST_ONLY in replay.device and replay.host_only
+    assert replay.describe()["real_runner_calls"] == 1
+    with pytest.raises(PipelineError, match="no recorded outputs"):
+        replay.infer({"logmel": np.zeros((1, 1, 101, 64), np.float32)})
+
+
+def test_stage_times_are_present_and_within_the_step_times(sed):
+    cfg, family, sources, tmp = sed
+    with SedDouble() as runner:
+        entries = run_engine(cfg, family, sources, tmp / "w", runner)
+    for e in entries:
+        st = e["stats"]["stages"]
+        assert {"decode", "front-end", "write", "events", "top-k"} <= set(st)
+        host = {k: v for k, v in st.items() if k != "write"}
+        assert sum(host.values()) <= e["stats"]["prepare_s"] + e["stats"]["post_s"] + 1e-6
+
+
+def test_two_host_processes_write_the_bytes_of_one(sed):
+    from run.engine import HostPool
+
+    cfg, family, sources, tmp = sed
+    one, two = tmp / "one", tmp / "two"
+    with SedDouble() as runner:
+        e1 = run_engine(cfg, family, sources, one, runner)
+    with HostPool(2, cfg, {}, two) as pool:
+        assert len(pool.pids) >= 1
+        with SedDouble() as runner:
+            e2 = run_engine(cfg, family, sources, two, runner, pool)
+
+    def strip(entries):
+        return [[{k: v for k, v in r.items() if k != "summary"} | {"summary": {k: v for k, v in r["summary"].items()
+                                                                              if "real_time" not in k}}
+                 for r in e["records"]] for e in entries]
+    assert json.dumps(strip(e1), sort_keys=True) == json.dumps(strip(e2), sort_keys=True)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file()) and files
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
+
+
+def test_host_figure_stands_beside_the_published_rate(sed):
+    from pipeline.config import load_config
+    from run.host_bench import HOST_ONLY, host_figures
+
+    _, family, _, tmp = sed
+    cfg = load_config(MODEL, stage="bench")
+    lines = []
+    with SedDouble() as runner:
+        out = host_figures(cfg, family, runner, {}, tmp / "build", [], None, lines.append, count=6)
+    assert out["label"] == HOST_ONLY and out["needed"]["items_per_s"] == 182.0 and not out["needed"]["measured"]
+    assert out["files_per_s"] > 0 and out["ratio"] == pytest.approx(out["files_per_s"] / 182.0)
+    fig = out["figures"][0]
+    assert "3-s clips at 32 kHz" in fig["inputs"] and fig["runner"]["runner"] == "ReplayRunner"
+    assert {"decode", "front-end", "write"} <= set(fig["one_process"]["stage_ms_per_file"])
+    assert len(lines) == 1 and lines[0].startswith(f"bench | host | {MODEL}: ") and "needs 182 files/s" in lines[0]
+    cfg["bench"]["npu_rate"] = {}
+    lines.clear()
+    with SedDouble() as runner:
+        out = host_figures(cfg, family, runner, {}, tmp / "build", [], None, lines.append, count=6)
+    assert out["needed"] is None and "no published per-chip rate" in lines[0]
