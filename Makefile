@@ -141,6 +141,15 @@ evidence: | $(ENV_STAMP)
 # logits error distribution and the task gates (make compare), and top-1/top-5 against their labels (make accuracy)
 STUDY_MODEL := mobilenet_v2_imagenet1k
 STUDY_DIR   := $(B)/photo_variants
+# ENGINE=ray measured here (docs/scale-out.md): Ray against local back to back (results/<model>/ray_overhead.json);
+# host work per file and its spread over Ray actors, then the H hosts x N NPUs table (results/<model>/projection.md)
+.PHONY: ray-overhead projection
+ray-overhead: | $(ENV_STAMP)
+	@for m in $(MODEL); do $(PY) -m dataset.ray_overhead --model $$m --backend $(BACKEND) || exit 1; done
+projection: | $(ENV_STAMP)
+	@for m in $(MODEL); do $(PY) -m dataset.host_ray --model $$m --backend $(BACKEND) && \
+	  $(PY) -m dataset.projection --model $$m $(if $(NPU_RATE),--npu-rate $(NPU_RATE)) || exit 1; done
+
 classifier-study: | $(ENV_STAMP)
 	$(PY) -m modality.photo_variants tests/data/photos $(STUDY_DIR) 200 0
 	$(MAKE) infer compare MODEL=$(STUDY_MODEL) INPUT=$(STUDY_DIR)

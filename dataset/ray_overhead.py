@@ -2,11 +2,12 @@
 
     .venv/bin/python -m dataset.ray_overhead --model cnn8rnn_audioset_sed --backend ort-fp16 --sizes 200 1000 --repeat 2
 
-For every repeat and size: `make infer` (local), then `make infer ENGINE=ray WORKERS=1`, each a fresh stage
+For every repeat and size: `make infer` (local), then `make infer ENGINE=ray WORKERS=1` (and, with --before TREE,
+the Ray engine of that checkout, e.g. `git worktree add build/before <commit>`), each a fresh stage
 process in its own scratch tree (dataset/runs.py one_run, no compare), then a byte comparison of the two. The
 overhead is the ratio of the two stage processes' wall times (start-up, model load, cluster start, all inputs,
 shutdown). Ray's fixed cost is broken down from the `engine.cost` record of inference_result.json
-(run/ray_engine.py). Writes results/<model>/ray_overhead.json. On a shared machine, read the spread of the
+(run/ray_engine.py). Writes results/<model>/ray_overhead.json (--work names the scratch folder only). On a shared machine, read the spread of the
 repeats before the mean.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ from .runs import generate, one_run, same_outputs
 TARGETS = {200: 0.15, 1000: 0.05}
 
 
-def measure(model: str, backend: str, sizes: list[int], repeat: int, seed: int, workers: int, work: str) -> dict:
+def measure(model: str, backend: str, sizes: list[int], repeat: int, seed: int, workers: int, work: str,
+            before: str = "") -> dict:
     cfg = load_config(model, stage="dataset")
     paths = ModelPaths(cfg["name"])
     backend, _ = backends.run_backend(cfg, backend)
@@ -50,14 +52,26 @@ def measure(model: str, backend: str, sizes: list[int], repeat: int, seed: int, 
                    "local_stage_wall_s": loc["infer"]["stage_wall_s"], "ray_stage_wall_s": ray["infer"]["stage_wall_s"],
                    "identical": same["identical"], "files_compared": same["files_compared"],
                    "ray_cost": res["engine"].get("cost")}
+            if before:            # the Ray engine of another checkout, right after: the before of a change
+                old = one_run(cfg, paths, backend, sources[:n], base / f"ray-before-{n}", log, engine="ray",
+                              workers=workers, compare=False, code=Path(before).resolve())
+                row.update({"before_ray_wall_s": old["infer"]["wall_s"], "before_tree": str(Path(before).resolve()),
+                            "before_ray_slower_by": old["infer"]["wall_s"] / loc["infer"]["wall_s"] - 1,
+                            "before_identical": same_outputs(Path(loc["root"]), Path(old["root"]), cfg["name"],
+                                                             backend)["identical"]})
             rows.append(row)
             log(f"ray_overhead | repeat {r}, {n} files: local {row['local_wall_s']:.1f} s, ray {row['ray_wall_s']:.1f} s "
-                f"({row['ray_slower_by']:+.1%}), outputs {'identical' if same['identical'] else 'DIFFER'}")
+                f"({row['ray_slower_by']:+.1%}), outputs {'identical' if same['identical'] else 'DIFFER'}"
+                + (f"; before: ray {row['before_ray_wall_s']:.1f} s ({row['before_ray_slower_by']:+.1%})" if before else ""))
     summary = {}
     for n in sizes:
         o = [x["ray_slower_by"] for x in rows if x["inputs"] == n]
         summary[str(n)] = {"ray_slower_by": o, "mean": statistics.mean(o), "min": min(o), "max": max(o),
                            "target": TARGETS.get(n), "meets_target": statistics.mean(o) <= TARGETS.get(n, 1e9)}
+        if before:
+            ob = [x["before_ray_slower_by"] for x in rows if x["inputs"] == n]
+            summary[str(n)]["before"] = {"ray_slower_by": ob, "mean": statistics.mean(ob)}
+            log(f"ray_overhead | {n} files, before ({before}): Ray slower by {', '.join(f'{v:+.1%}' for v in ob)}")
         log(f"ray_overhead | {n} files: Ray slower by {', '.join(f'{v:+.1%}' for v in o)} (mean {statistics.mean(o):+.1%}"
             + (f", target {TARGETS[n]:+.0%})" if n in TARGETS else ")"))
     result = provenance.header("ray_overhead", cfg)
@@ -65,7 +79,7 @@ def measure(model: str, backend: str, sizes: list[int], repeat: int, seed: int, 
                    "summary": summary, "argv": sys.argv,
                    "note": "local and Ray run back to back per size and repeat on the same inputs; wall = the whole "
                            "stage process (wait4); the machine may be shared with other work"})
-    out = paths.results / f"{work or 'ray_overhead'}.json"
+    out = paths.results / "ray_overhead.json"
     write_json(out, result)
     log(f"ray_overhead | {out}")
     log.save()
@@ -81,8 +95,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=777)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--work", default="", help="scratch folder under build/<model>/ and result name")
+    ap.add_argument("--before", default="", help="another checkout (git worktree) whose Ray engine runs right after "
+                                                 "this one's, on the same inputs: before and after in one run")
     a = ap.parse_args(argv)
-    measure(a.model, a.backend, a.sizes, a.repeat, a.seed, a.workers, a.work)
+    measure(a.model, a.backend, a.sizes, a.repeat, a.seed, a.workers, a.work, a.before)
     return 0
 
 

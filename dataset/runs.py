@@ -55,10 +55,11 @@ def scratch_tree(paths: ModelPaths, backend: str, root: Path, sources: list[Path
             "PIPELINE_LOGS_DIR": str(root / "logs")}
 
 
-def run_stage(argv: list[str], env: dict) -> dict:
-    """Run one stage process; its exit code, wall seconds and peak resident memory (wait4 rusage)."""
+def run_stage(argv: list[str], env: dict, cwd: Path | None = None) -> dict:
+    """Run one stage process; its exit code, wall seconds and peak resident memory (wait4 rusage). `cwd`: another
+    checkout of this repository whose code runs the stage (a before/after measurement), else this one."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env})
+    proc = subprocess.Popen(argv, cwd=cwd or ROOT, env={**os.environ, **env})
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     except KeyboardInterrupt:
@@ -70,7 +71,7 @@ def run_stage(argv: list[str], env: dict) -> dict:
 
 
 def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log, engine: str = "local",
-            workers: int | None = None, compare: bool = True, keep: bool = False) -> dict:
+            workers: int | None = None, compare: bool = True, keep: bool = False, code: Path | None = None) -> dict:
     if not keep:
         scratch_tree(paths, backend, root, sources, load_family(cfg["family"]).host_artifacts(cfg))
     env = {"PIPELINE_BUILD_DIR": str(root / "build"), "PIPELINE_RESULTS_DIR": str(root / "results"),
@@ -79,7 +80,7 @@ def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log, engi
     what = f"ENGINE={engine}" + (f" WORKERS={workers}" if workers else "")
     log(f"dataset | {len(sources)} input(s), {what}: make infer" + (", then make compare" if compare else "") + f" ({root})")
     # each stage in its own process: its peak memory is the figure (pipeline/stages.py builds the command line)
-    infer = run_stage(stages.argv("infer", model=model, backend=backend, input=root / "input"), env)
+    infer = run_stage(stages.argv("infer", model=model, backend=backend, input=root / "input"), env, code)
     if infer["exit_code"] != 0:
         raise PipelineError(f"make infer failed on the {len(sources)}-input dataset (exit {infer['exit_code']}); "
                             f"its error line is above, its log in {root / 'logs' / model}")
@@ -94,6 +95,7 @@ def one_run(cfg, paths, backend: str, sources: list[Path], root: Path, log, engi
                   "stage_wall_s": timing["wall_s"], "real_time_factor": timing.get("real_time_factor"),
                   "audio_s": timing.get("audio_s"), "memory_trace": timing.get("memory_trace", []),
                   "failed": inf.get("failed_count", 0), "resumed_blocks": timing.get("resumed_blocks", 0),
+                  "host_stages_s": timing.get("host_stages_s", {}), "host_workers": timing.get("host_workers", 1),
                   "engine": inf.get("engine")},
         "backend": inf["backend"], "device": inf["device"], **({"fp16": inf["fp16"]} if "fp16" in inf else {}),
     }
@@ -211,6 +213,10 @@ def scale_out(cfg, paths, backend, sources, small: int, local_small: dict, local
                    "uninterrupted_wall_s": local_small["infer"]["wall_s"]},
         "driver_memory": {"peak_rss_mb": rf["infer"]["peak_rss_mb"], "in_run": in_run(rf["infer"]["memory_trace"])},
         "ray_compare": r1.get("compare", {}).get("verdict"),
+        "cost": {"small_w1": r1["infer"]["engine"].get("cost"), "full_w1": rf["infer"]["engine"].get("cost"),
+                 "definition": "seconds in the Ray stage process (run/ray_engine.py run_ray): import ray, cluster "
+                               "start (init_s), actors ready after their creation, blocks the driver ran while they "
+                               "started, journal writes, calls and blocks per call; shutdown overlaps the finish"},
         "runs": {"ray_small_w1": r1, "ray_small_w2": r2, "ray_full_w1": rf},
     }
 
@@ -275,3 +281,19 @@ def model_only(paths: ModelPaths, backend: str, run: dict, time_input: bool) -> 
             "shapes": row.get("shapes"), "source": f"performance_eval.json#/results/{i}/"
             + ("real_time_factor" if basis == "real_time_factor" else "throughput_samples_per_s"),
             "note": note, "created_utc": perf.get("created_utc")}
+
+
+def host_section(paths: ModelPaths, run: dict) -> dict:
+    """The host's share of the full run: ms per file per stage (summed over host processes) and the bench's
+    host-only figure beside the rate to beat (results/<model>/performance_eval.json#/host), when there is one."""
+    n = max(1, run["inputs"])
+    out = {"host_workers": run["infer"].get("host_workers", 1),
+           "stage_ms_per_file": {k: 1e3 * v / n for k, v in sorted(run["infer"].get("host_stages_s", {}).items(),
+                                                                      key=lambda kv: -kv[1])}}
+    f = paths.results / "performance_eval.json"
+    if f.exists():
+        host = json.loads(f.read_text()).get("host")
+        if host:
+            out["bench"] = {k: host.get(k) for k in ("label", "unit", "files_per_s", "processes", "needed", "ratio",
+                                                     "keeps_up")}
+    return out

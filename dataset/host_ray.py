@@ -1,0 +1,156 @@
+"""Host work per file, and host preprocessing spread over Ray actors: where ENGINE=ray wins on one host.
+
+    .venv/bin/python -m dataset.host_ray --model cnn8rnn_audioset_sed --backend ort-fp16 --files 64
+
+1. One process, the local engine's code on one core: for each of FILES generated inputs, prepare_source (decode
+   and preprocess), then BlockWorker.run_block with the real runner; run_block's own stats split the rest into
+   inference, post-processing and writing (.npy inputs and outputs). Host work per file = prepare + post + write.
+2. The same prepare_source in W = 1 .. cores Ray actors (one CPU each, prestarted, files dealt round robin),
+   timed from the moment all actors are ready: files/s of host preprocessing at each W, against the one
+   thread that prepares for the local engine. Cluster start and actor start are reported beside, not inside.
+Writes results/<model>/host_ray.json (dataset/projection.py reads it).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+class _Prep:
+    """A Ray actor that only decodes and preprocesses (the host half of a block)."""
+
+    def __init__(self, cfg_path: str, backend: str):
+        from convert import backends
+        from pipeline.config import load_config, load_family
+
+        self.cfg = load_config(cfg_path)
+        self.family = load_family(self.cfg["family"])
+        runner = backends.get(backend).open_runner(self.cfg, backends.load_target(self.cfg, backend), 0)
+        self.meta = runner.get_input_metadata()
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def prepare(self, sources: list[str]) -> float:
+        from run.engine import prepare_source
+
+        t0 = time.perf_counter()
+        for i, s in enumerate(sources):
+            prepare_source(self.family, self.cfg, self.meta, i, Path(s))
+        return time.perf_counter() - t0
+
+
+def one_process(cfg, backend: str, sources: list[Path], work: Path) -> dict:
+    import json
+
+    from convert import backends
+    from pipeline.config import load_family
+    from pipeline.paths import ModelPaths
+    from run.engine import BlockWorker, prepare_source
+
+    family = load_family(cfg["family"])
+    shutil.rmtree(work, ignore_errors=True)
+    runner = backends.get(backend).open_runner(cfg, backends.load_target(cfg, backend), 0)
+    meta = json.loads((ModelPaths(cfg["name"]).build / "weights.json").read_text())
+    tot = {"prepare_s": 0.0, "infer_s": 0.0, "post_s": 0.0, "write_s": 0.0, "items": 0}
+    with runner:
+        worker = BlockWorker(cfg, family, runner, meta, work, cfg["infer"]["batch_size"])
+        input_meta = runner.get_input_metadata()
+        for i, s in enumerate(sources):
+            t0 = time.perf_counter()
+            p = prepare_source(family, cfg, input_meta, i, s)
+            t1 = time.perf_counter()
+            entry = worker.run_block(i, [p])
+            t2 = time.perf_counter()
+            st = entry["stats"]
+            tot["prepare_s"] += t1 - t0
+            tot["infer_s"] += st["infer_s"]
+            tot["post_s"] += st["post_s"]
+            tot["write_s"] += max(0.0, (t2 - t1) - st["infer_s"] - st["post_s"])
+            tot["items"] += st["items"]
+    written = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
+    read = sum(s.stat().st_size for s in sources)
+    n = len(sources)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"files": n, **{f"{k}_per_file": v / n for k, v in tot.items()},
+            "host_s_per_file": (tot["prepare_s"] + tot["post_s"] + tot["write_s"]) / n,
+            "items_per_file": tot["items"] / n, "bytes_read_per_file": read / n, "bytes_written_per_file": written / n,
+            "bytes_per_file": (read + written) / n, "prepare_files_per_s_one_thread": n / tot["prepare_s"]}
+
+
+def on_ray(cfg, backend: str, sources: list[Path], workers: list[int]) -> dict:
+    from run.ray_engine import cluster
+
+    out = {}
+    with cluster(num_cpus=max(workers)) as (ray, _address, cost):
+        Prep = ray.remote(_Prep).options(num_cpus=1)
+        for w in workers:
+            t0 = time.perf_counter()
+            pool = [Prep.remote(cfg["_path"], backend) for _ in range(w)]
+            ray.get([a.ready.remote() for a in pool])
+            t1 = time.perf_counter()
+            busy = ray.get([a.prepare.remote([str(s) for s in sources[k::w]]) for k, a in enumerate(pool)])
+            t2 = time.perf_counter()
+            out[str(w)] = {"actors_ready_s": t1 - t0, "wall_s": t2 - t1, "files_per_s": len(sources) / (t2 - t1),
+                           "actor_busy_s": busy}
+            for a in pool:
+                ray.kill(a)
+        out["cluster"] = dict(cost)
+    return out
+
+
+def measure(model: str, backend: str, files: int, seed: int) -> dict:
+    from convert import backends
+    from pipeline import provenance
+    from pipeline.atomic import write_json
+    from pipeline.config import load_config, load_family
+    from pipeline.paths import ModelPaths
+
+    from .runs import generate
+
+    cfg = load_config(model)
+    paths = ModelPaths(cfg["name"])
+    backend, _ = backends.run_backend(cfg, backend)
+    family = load_family(cfg["family"])
+    sources = generate(cfg, family, paths.build / "dataset" / f"sources-{files}-seed{seed}", files, seed)
+    serial = one_process(cfg, backend, sources, paths.build / "host-ray-work")
+    cpus = os.cpu_count() or 1
+    ray = on_ray(cfg, backend, sources, list(range(1, cpus + 1)))
+    best = ray[str(cpus)]["files_per_s"]
+    result = provenance.header("host_ray", cfg)
+    result.update({
+        "backend": backend, "cores": cpus, **serial, "ray": ray,
+        "ray_over_one_thread": best / serial["prepare_files_per_s_one_thread"],
+        "parallel_efficiency": best / (cpus * serial["prepare_files_per_s_one_thread"]),
+        "source": f"dataset/host_ray.py one process over {files} files ({backend}); write_s = run_block wall - "
+                  "inference - post-processing",
+        "note": "the local engine prepares in one thread beside the runner; ENGINE=ray prepares in every actor. "
+                "Shared machine: other work may have run at the same time."})
+    write_json(paths.results / "host_ray.json", result)
+    print(f"host_ray | {files} files: host work {serial['host_s_per_file'] * 1e3:.1f} ms/file on one core (prepare "
+          f"{serial['prepare_s_per_file'] * 1e3:.1f}, post {serial['post_s_per_file'] * 1e3:.1f}, write "
+          f"{serial['write_s_per_file'] * 1e3:.1f}); preprocessing {serial['prepare_files_per_s_one_thread']:.1f} "
+          "files/s in one thread, on Ray " + ", ".join(f"{w} actor(s) {ray[str(w)]['files_per_s']:.1f}"
+                                                      for w in range(1, cpus + 1)) + " files/s")
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="cnn8rnn_audioset_sed")
+    ap.add_argument("--backend", default="ort-fp16")
+    ap.add_argument("--files", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=777)
+    a = ap.parse_args(argv)
+    measure(a.model, a.backend, a.files, a.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    from pipeline.errors import cli
+
+    sys.exit(cli(main)())
