@@ -20,7 +20,7 @@ from pipeline.log import StageLog
 from pipeline.paths import ModelPaths
 
 from .runs import soak as soak_run
-from .runs import generate, in_run, model_only, one_run, scale_out
+from .runs import generate, host_section, in_run, model_only, one_run, scale_out
 
 
 def run_dataset(model: str, backend: str = 'auto', count: int = 1000, small: int = 0, seed: int = 777, engine: str = 'local', soak: int = 0) -> int:
@@ -59,7 +59,8 @@ def run_dataset(model: str, backend: str = 'auto', count: int = 1000, small: int
         "backend": full["backend"], "device": full["device"], "count": count, "small_count": small,
         **({"fp16": full["fp16"]} if "fp16" in full else {}),
         "seed": seed, "generator": f"models.{cfg['family']}.generate_sources", "generate_s": gen_s,
-        "runs": runs, "memory": mem, "verdict": full["compare"]["verdict"], "engine_ray": scale, "soak": soaked,
+        "runs": runs, "memory": mem, "host": host_section(paths, full),
+        "verdict": full["compare"]["verdict"], "engine_ray": scale, "soak": soaked,
         "model_only": ref,
         "ratio_to_model_only": ref["run_value"] / ref["value"] if ref else None,
         "ratio_to_runner_calls": full["infer"]["end_to_end_items_per_s"] / full["infer"]["inference_only_items_per_s"],
@@ -73,7 +74,9 @@ def run_dataset(model: str, backend: str = 'auto', count: int = 1000, small: int
             "ratio_to_model_only": "this run's figure / the bench's model-only figure (model_only.basis: items/s, "
                                    "or real-time factor for audio), same backend and batch size",
             "ratio_to_runner_calls": "end_to_end_items_per_s / inference_only_items_per_s of the same run: the share "
-                                     "of wall time the runner is busy"},
+                                     "of wall time the runner is busy",
+            "host": "host stages of the full run in ms per file, summed over host processes (pipeline.stage_clock), "
+                    "and make bench's host-only figure (device time excluded, outputs replayed) beside the rate"},
     })
     write_json(paths.results / "dataset_run.json", result)
     for stage, m in mem.items():
@@ -88,6 +91,13 @@ def run_dataset(model: str, backend: str = 'auto', count: int = 1000, small: int
         + (f"; {ref['basis']} {ref['run_value']:.2f} = {result['ratio_to_model_only']:.1%} of the bench's model-only "
            f"{ref['value']:.2f} ({ref['note']})" if ref else
            "; no model-only figure for this backend and batch size: run `make bench`"))
+    host = result["host"]
+    log(f"dataset | host | {host['host_workers']} host process(es), ms per file (summed over processes): "
+        + (", ".join(f"{k} {v:.1f}" for k, v in host["stage_ms_per_file"].items()) or "none recorded")
+        + (f"; bench host-only figure {host['bench']['files_per_s']:.1f} {host['bench']['unit']}/s"
+           + (f" vs {host['bench']['needed']['items_per_s']:.0f} needed ({host['bench']['ratio']:.2f}x)"
+              if host["bench"].get("needed") else "; no published per-chip rate")
+           if host.get("bench") and host["bench"].get("files_per_s") else ""))
     for line in full["verdict_lines"]:
         log(line)
     if soaked and "ratio_end_to_first" in soaked:

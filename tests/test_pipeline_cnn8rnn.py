@@ -77,6 +77,10 @@ def test_bench_reports_rtf_and_frontend_cost(run):
     ten_s = next(r for r in perf["results"] if r["batch_size"] == 1 and r["shapes"]["logmel"][2] == 1001)
     # the share itself is a speed figure: make bench reports it (target <= 2%), the test checks it is computed
     assert ten_s["frontend_share_of_model"] == pytest.approx(ten_s["frontend_ms_per_batch"] / ten_s["latency_ms"]["mean"])
+    host = perf["host"]                          # the host-only figure beside the published 910 rate (no timing asserted)
+    assert host["label"].startswith("host-only") and host["files_per_s"] > 0 and host["needed"]["items_per_s"] == 182.0
+    assert host["ratio"] == pytest.approx(host["files_per_s"] / 182.0)
+    assert {"decode", "front-end", "write"} <= set(host["figures"][0]["one_process"]["stage_ms_per_file"])
 
 
 def test_published_checkpoint_folder_through_make(run, tmp_path, copy_of):
@@ -145,3 +149,5 @@ def test_dataset_run_reports_real_time_factor(run):
     ref = ds["model_only"]                       # clips of 1-10 s: held against the bench by real-time factor
     assert ref["basis"] == "real_time_factor" and ref["run_value"] == full["infer"]["real_time_factor"]
     assert ds["ratio_to_model_only"] == pytest.approx(ref["run_value"] / ref["value"])
+    assert {"decode", "front-end", "write"} <= set(ds["host"]["stage_ms_per_file"])
+    assert ds["host"]["bench"]["needed"]["items_per_s"] == 182.0
