@@ -50,7 +50,7 @@ cfgfile    = $(firstword $(wildcard configs/$(1).yaml configs/more/$(1).yaml $(Z
 family     = $(shell sed -n 's/^family: *//p' $(call cfgfile,$(1)))
 FAMILY_SRC = $(wildcard models/$(call family,$(1))/*.py models/$(call family,$(1))/*.txt)
 
-.PHONY: help env all check test clean distclean evidence classifier-study vad-oracle fp16-study FORCE
+.PHONY: help env all check test clean distclean evidence classifier-study vad-oracle fp16-study om-double FORCE
 
 # stage files are named by the BACKEND asked for; the plan stamp reruns them when its meaning changes here
 BK := $(BACKEND)
@@ -133,6 +133,7 @@ evidence: | $(ENV_STAMP)
 	$(MAKE) classifier-study
 	$(MAKE) vad-oracle
 	$(MAKE) fp16-study
+	$(MAKE) om-double
 	$(MAKE) doctor preflight precision MODEL="$(DEFAULTS)"
 	$(MAKE) zoo
 	$(MAKE) report PUBLISH=1 MODEL="$(DEFAULTS) $(MORE_EVIDENCE)"
@@ -166,6 +167,12 @@ vad-oracle: $(B)/$(VAD_MODEL)/model.sim.onnx | $(ENV_STAMP)
 # fixes of e02dd5f; each fix proven by make om + compare (results/zoo/fp16_fixes.{json,md}; SOC= narrows it)
 fp16-study: | $(ENV_STAMP)
 	$(PY) -m zoo.fp16_study $(if $(SOC),--soc $(SOC))
+
+# the .om path of the real-weights MobileNetV2 against the ATC and ais_bench TEST DOUBLES (no NPU here), with and
+# without AIPP and fp16 I/O: make om, infer, compare, bench; compare's error is what AIPP and the I/O rounding alone
+# cost, and the bytes per image each way (results/om_double/summary.{json,md})
+om-double: | $(ENV_STAMP)
+	$(PY) tests/om_double_run.py
 
 # ---- tests ----------------------------------------------------------------------------------------
 test: $(VENV)/.installed-full

@@ -10,6 +10,7 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT, run_env
+from convert import aipp
 from modality import image as img
 from models import timm_image as fam
 from models.timm_image import torch_model as tm
@@ -389,6 +390,8 @@ def test_small_classifier_export_and_infer(tmp_path):
         assert len(top) == 5 and all(t["label"] and not t["label"].startswith("class_") for t in top)
         item = sample["items"][0]
         x = np.load(build / "inputs" / f"{item}.image.npy")
+        assert x.dtype == np.uint8 and x.shape == (1, 96, 96, 3)          # AIPP: the host saves the pixels
+        x = aipp.reference(x, aipp.plan(cfg))                             # what the fp32 reference feeds the network
         got = np.load(build / "outputs" / "ort-cpu" / "items" / f"{item}.logits.npy")
         with torch.no_grad():
             assert rel_l2(got, ref(torch.from_numpy(x)).numpy()) < 1e-5
