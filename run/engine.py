@@ -445,7 +445,8 @@ def run_key(cfg: dict, backend: str, sources: list[Path], target: dict, batch_si
     """What makes two runs the same: config sections infer reads, the target, the backend and the sources."""
     h = hashlib.sha256()
     sections = {k: cfg[k] for k in ("name", "family", "preprocess", "postprocess", "inputs", "outputs")}
-    h.update(json.dumps({"cfg": sections, "pad": cfg["infer"]["pad"], "backend": backend,
+    io = {k: cfg["atc"][k] for k in ("aipp", "input_fp16_nodes", "output_fp16")}   # what the host feeds (AIPP: pixels)
+    h.update(json.dumps({"cfg": sections, "io": io, "pad": cfg["infer"]["pad"], "backend": backend,
                          "batch": batch_size, "target": target, "state_carry": state_carry or {}},
                         sort_keys=True, default=str).encode())
     for s in sources:                     # content, not mtime: regenerated samples are the same inputs
