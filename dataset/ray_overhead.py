@@ -63,8 +63,9 @@ def measure(model: str, backend: str, sizes: list[int], repeat: int, seed: int, 
             log(f"ray_overhead | repeat {r}, {n} files: local {row['local_wall_s']:.1f} s, ray {row['ray_wall_s']:.1f} s "
                 f"({row['ray_slower_by']:+.1%}), outputs {'identical' if same['identical'] else 'DIFFER'}"
                 + (f"; before: ray {row['before_ray_wall_s']:.1f} s ({row['before_ray_slower_by']:+.1%})" if before else ""))
+            write_json(paths.results / "ray_overhead.partial.json", {"runs": rows})     # what is done so far
     summary = {}
-    for n in sizes:
+    for n in sorted({x["inputs"] for x in rows}):
         o = [x["ray_slower_by"] for x in rows if x["inputs"] == n]
         summary[str(n)] = {"ray_slower_by": o, "mean": statistics.mean(o), "min": min(o), "max": max(o),
                            "target": TARGETS.get(n), "meets_target": statistics.mean(o) <= TARGETS.get(n, 1e9)}
@@ -81,6 +82,7 @@ def measure(model: str, backend: str, sizes: list[int], repeat: int, seed: int, 
                            "stage process (wait4); the machine may be shared with other work"})
     out = paths.results / "ray_overhead.json"
     write_json(out, result)
+    (paths.results / "ray_overhead.partial.json").unlink(missing_ok=True)
     log(f"ray_overhead | {out}")
     log.save()
     return result

@@ -250,13 +250,9 @@ class _DriverBlocks:
         except Exception as exc:               # the actors do the work; the reason is kept in engine.cost
             self.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
-    def journaled(self, entry) -> bool:
+    def journaled(self, entry) -> None:
         with self.lock:
-            if entry["block"] in self.journal.offsets:          # a retried block: journaled once
-                return False
-            self.journal.append(entry)
-            self.progress.update(len(entry["records"]))
-            return True
+            journal_all(self.journal, [entry], self.progress)
 
     def take_rest(self) -> list:
         """Stop after the block in hand; the blocks not started go to the actors."""
@@ -349,12 +345,8 @@ def run_ray(cfg, backend, target, meta, work, sources, blocks, todo, journal, pr
                                     "start_after_s": out["times"]["start_t"] - wall0,
                                     "ready_after_s": out["times"]["ready_t"] - wall0}
             t0 = time.perf_counter()
-            for entry in out["entries"]:
-                if drv is not None:
-                    drv.journaled(entry)
-                elif entry["block"] not in journal.offsets:           # a retried block: journaled once
-                    journal.append(entry)
-                    progress.update(len(entry["records"]))
+            with drv.lock if drv is not None else contextlib.nullcontext():
+                journal_all(journal, out["entries"], progress)
             journal_s += time.perf_counter() - t0
         if drv is not None:
             drv.thread.join()
@@ -382,6 +374,26 @@ def run_ray(cfg, backend, target, meta, work, sources, blocks, todo, journal, pr
             device_label = drv.device_label if drv and drv.device_label else b.device_id("None")
             runner_desc = {**(drv.runner_desc if drv and drv.runner_desc else {"backend": backend}), "engine": "ray"}
         return runner_desc, device_label, info
+
+
+def journal_all(journal, entries: list, progress) -> None:
+    """Journal.append for every entry of one call, with one fsync: the same lines, in the same order, as many
+    appends would write (a retried block, already journaled, is skipped)."""
+    from pipeline.atomic import _default
+
+    entries = [e for e in entries if e["block"] not in journal.offsets]
+    if not entries:
+        return
+    lines = [json.dumps(e, default=_default, allow_nan=True).encode() + b"\n" for e in entries]
+    with open(journal.path, "ab") as f:
+        off = f.tell()
+        f.write(b"".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
+    for e, line in zip(entries, lines):
+        journal.offsets[e["block"]] = off
+        off += len(line)
+        progress.update(len(e["records"]))
 
 
 def _cause(exc) -> str:

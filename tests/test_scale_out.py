@@ -141,7 +141,7 @@ ray = pytest.importorskip("ray")
 @pytest.mark.e2e
 def test_ray_engine_matches_local_and_survives_a_killed_worker(exported, local_run, tmp_path):
     env, root = fresh(exported, tmp_path, "ray")
-    env = {**env, "ENGINE": "ray", "WORKERS": "2"}
+    env = {**env, "ENGINE": "ray", "WORKERS": "2", "RAY_DRIVER_BLOCKS": "0"}   # every block on the actors
     argv = [sys.executable, "-m", "run.infer", "--model", SED, "--backend", "ort-cpu", "--input", str(exported / "clips")]
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     actors = root / "build" / SED / "infer-work" / "ort-cpu" / "actors"
