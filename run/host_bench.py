@@ -93,16 +93,17 @@ class ReplayRunner(Runner):
 
 class PixelsFamily:
     """An image family whose prepare gives what an AIPP .om takes: uint8 (1, H, W, 3) pixels (decode, resize,
-    crop; no normalisation). Picklable by name, so host processes load it too."""
+    crop; no normalisation), or with pixels=False the float path (decode, resize, crop, normalise to float32
+    NCHW) whatever the target takes. Picklable by name, so host processes load it too."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, pixels: bool = True):
+        self.name, self.pixels = name, pixels
 
     def __getstate__(self):
-        return {"name": self.name}
+        return {"name": self.name, "pixels": self.pixels}
 
     def __setstate__(self, state):
-        self.name = state["name"]
+        self.name, self.pixels = state["name"], state.get("pixels", True)
 
     @property
     def base(self):
@@ -114,7 +115,10 @@ class PixelsFamily:
         from models import image_host
         from modality import image as img
 
-        return [{cfg["inputs"][0]["name"]: img.load_pixels(Path(source), image_host.data_config(cfg))[None]}]
+        data = image_host.data_config(cfg)
+        if not self.pixels:
+            return [{cfg["inputs"][0]["name"]: img.preprocess(img.load_image(Path(source)), data)[None]}]
+        return [{cfg["inputs"][0]["name"]: img.load_pixels(Path(source), data)[None]}]
 
     def __getattr__(self, hook):
         if hook.startswith("__"):
@@ -211,11 +215,11 @@ def measure_host(cfg, family, replay: ReplayRunner, meta, build: Path, pool=None
                  count: int = HOST_FILES) -> dict:
     """One host figure: the real runner's outputs recorded (while `replay` records), then a timed pass in one
     process and one with `pool`."""
-    fam = PixelsFamily(cfg["family"]) if pixels else family
+    fam = family if pixels is None else PixelsFamily(cfg["family"], pixels)
     sources, what = host_sources(cfg, family, build, count)
     work = build / "bench-host-work"
     if pool is not None:
-        pool.family = fam if pixels else None
+        pool.family = fam if pixels is not None else None
     # untimed: records the real runner once per signature, and warms the host processes (imports, caches)
     _pass(cfg, fam, replay, meta, work, sources, pool)
     replay.freeze()
