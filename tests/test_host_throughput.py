@@ -151,3 +151,33 @@ def test_host_figure_stands_beside_the_published_rate(sed):
     with SedDouble() as runner:
         out = host_figures(cfg, family, runner, {}, tmp / "build", [], None, lines.append, count=6)
     assert out["needed"] is None and "no published per-chip rate" in lines[0]
+
+
+def test_save_npy_writes_np_save_bytes_atomically(tmp_path):
+    """The fast .npy writer gives np.save's bytes for every kind of array, new files get the umask's usual
+    mode, a missing folder is made, and a killed writer's temp file is what remove_orphans deletes."""
+    import io
+    import os
+    import stat
+
+    from pipeline.atomic import _create_temp, npy_bytes_ok, remove_orphans, save_npy
+
+    rng = np.random.default_rng(0)
+    arrays = [np.zeros((1, 1, 301, 64), np.float32), rng.random((3, 447)).astype(np.float32), np.float32(3.5),
+              np.arange(10, dtype=">i4"), np.zeros((0, 5)), np.ones((2, 3), np.float16), np.array([True, False]),
+              rng.random((4, 4)) + 1j, np.zeros((1, 224, 224, 3), np.uint8), np.asfortranarray(rng.random((3, 4))),
+              rng.random((5, 6))[:, ::2], np.array(["ab", "c"]), np.array([1, "x"], dtype=object),
+              np.zeros(3, [("a", "<i4")]), np.zeros((2,) * 20)]
+    for i, a in enumerate(arrays):
+        ref = io.BytesIO()
+        np.save(ref, a)
+        path = save_npy(tmp_path / "deep" / "er" / f"{i}.npy", a)
+        assert path.read_bytes() == ref.getvalue(), (i, a.dtype)
+        umask = os.umask(0)
+        os.umask(umask)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert npy_bytes_ok(arrays[0]) and not npy_bytes_ok(arrays[9])
+    fd, tmp = _create_temp(tmp_path / "deep" / "killed.npy")
+    os.close(fd)
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == [Path(tmp).name, "er"]
+    assert remove_orphans(tmp_path) == 1
