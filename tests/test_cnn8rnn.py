@@ -514,6 +514,26 @@ def test_events_match_a_frame_by_frame_reference():
         assert class_events(p, *args) == reference(p, *args)
 
 
+def test_all_classes_at_once_equal_class_events_class_by_class():
+    """all_class_events (every candidate class in one pass, as detect_events runs it) gives exactly the
+    (class, start, end, peak) of class_events per class, including runs at both ends and all-on tracks."""
+    from models.cnn8rnn_sed.events import all_class_events, class_events
+
+    rng = np.random.default_rng(7)
+    for trial in range(150):
+        t, c = int(rng.integers(1, 300)), int(rng.integers(1, 40))
+        frames = np.repeat(rng.uniform(0, 1, (t // 4 + 1, c)) ** rng.uniform(0.5, 4), 4, axis=0)[:t]
+        frames = frames.astype(np.float32 if trial % 2 else np.float64)
+        frames[:, 0] = 0.95
+        frames[0, -1] = frames[-1, -1] = 0.8
+        args = (rng.uniform(0.5, 0.7), rng.uniform(0.3, 0.5), int(rng.integers(1, 8)), int(rng.integers(0, 6)))
+        classes = np.nonzero(frames.max(axis=0) >= args[0])[0]
+        want = [(int(k), s, e, peak) for k in classes for s, e, peak in
+                class_events(np.ascontiguousarray(frames[:, k]), *args)]
+        got = all_class_events(frames, classes, *args)
+        assert got == want and all(type(a) is type(b) for g, w in zip(got, want) for a, b in zip(g, w))
+
+
 def test_event_offsets_stay_inside_the_audio():
     post = {"onset_threshold": 0.5, "offset_threshold": 0.3, "min_duration_s": 0.01, "merge_gap_s": 0.0}
     p = np.zeros((101, 1), np.float32)
