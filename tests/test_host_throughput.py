@@ -181,3 +181,29 @@ def test_save_npy_writes_np_save_bytes_atomically(tmp_path):
     os.close(fd)
     assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == [Path(tmp).name, "er"]
     assert remove_orphans(tmp_path) == 1
+
+
+def test_crepe_viterbi_step_equals_the_banded_and_dense_scans():
+    """The gather-free Viterbi step gives the previous banded scan's bins and cents exactly (and the dense
+    scan's), on random, peaky, tied and masked activations; its fallback branch equals _best_sources."""
+    from models.crepe import decode as dec
+
+    rng = np.random.default_rng(0)
+    for trial in range(24):
+        n = int(rng.integers(1, 200))
+        act = [rng.random((n, 360)), rng.random((n, 360)) ** 20, np.round(rng.random((n, 360)), 1)][trial % 3]
+        act = act.astype(np.float32)
+        act[: n // 3] = 0.01                                          # flat: all ties
+        for lo, hi in [(0, 360), dec.bin_range(50.0, 1000.0), dec.bin_range(50.0, 2006.0)]:
+            m = dec.masked(act, lo, hi)
+            bins, cents = dec.viterbi(m)
+            ref_bins, ref_cents = dec.viterbi_banded(m)
+            assert np.array_equal(bins, ref_bins) and np.array_equal(cents, ref_cents)
+            if trial % 6 == 0:
+                assert np.array_equal(bins, dec.viterbi_dense(m))
+    step, (kc, band, far) = dec._Step(), dec._band_tables()
+    for i in range(50):
+        value = rng.normal(0, 300, 360)
+        value[rng.random(360) < 0.5] = -np.inf if i % 2 else -1e300
+        got, want = step(value), dec._best_sources(value, kc, band, far)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])

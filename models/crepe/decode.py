@@ -105,9 +105,67 @@ def _best_sources(value: np.ndarray, kc, lt_band, far: float) -> tuple[np.ndarra
     return best, src
 
 
+class _Step:
+    """One Viterbi step with _best_sources' numbers in fewer, gather-free operations: the 23 in-band sources
+    of every bin are a sliding window over the values padded with -inf (a strided view, refilled in place each
+    frame), far columns take the global best source when _best_sources' rule says so, and the near columns'
+    dense scan is skipped when no far source can reach their band's best (always, for finite values: a near
+    column's band holds the global best g itself, at most 11 bins away, so its best is >= value[g] - 5 while
+    every far source scores <= value[g] + log(tiny) = value[g] - 708); otherwise _best_sources runs."""
+
+    def __init__(self):
+        self.kc, self.lt_band, self.far = _band_tables()
+        n = PITCH_BINS
+        self.pad = np.full(n + 2 * BAND, -np.inf)
+        self.window = np.lib.stride_tricks.sliding_window_view(self.pad, 2 * BAND + 1)     # (360, 23) view
+        self.lt = np.ascontiguousarray(self.lt_band.T)            # [j, o]: log P(j | j + o - BAND)
+        self.scores = np.empty((n, 2 * BAND + 1))
+        self.cols = np.arange(n)
+        self.offset = self.cols - BAND
+
+    def __call__(self, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.pad[BAND:BAND + PITCH_BINS] = value
+        np.add(self.window, self.lt, out=self.scores)
+        pick = self.scores.argmax(axis=1)
+        best = self.scores[self.cols, pick]
+        src = pick + self.offset
+        g = int(value.argmax())
+        far_score = value[g] + self.far
+        lo, hi = max(g - BAND, 0), g + BAND + 1                  # the near columns |j - g| <= BAND
+        if not far_score < best[lo:hi].min():                    # a far source might win a near column
+            return _best_sources(value, self.kc, self.lt_band, self.far)
+        jump = (far_score > best) | ((far_score == best) & (g < src))
+        jump[lo:hi] = False
+        if jump.any():
+            best[jump] = far_score
+            src[jump] = g
+        return best, src
+
+
 def viterbi(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Most likely bin path under log_transition, with the softmax over bins of each frame as observation
     likelihood and a uniform start (librosa.sequence.viterbi's arithmetic: float32 log-likelihoods + tiny)."""
+    x = m - m.max(axis=1, keepdims=True)
+    e = np.exp(x)
+    prob = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    logp = np.log(prob + np.finfo(np.float32).tiny)
+    step = _Step()
+    n = logp.shape[0]
+    ptr = np.zeros((n, PITCH_BINS), np.int64)
+    value = logp[0] + np.log(1.0 / PITCH_BINS + np.finfo(np.float64).tiny)
+    for t in range(1, n):
+        best, ptr[t] = step(value)
+        value = logp[t] + best
+    bins = np.empty(n, np.int64)
+    bins[-1] = int(np.argmax(value))
+    for t in range(n - 1, 0, -1):
+        bins[t - 1] = ptr[t, bins[t]]
+    return bins, bins_to_cents(bins)
+
+
+def viterbi_banded(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The previous banded scan (_best_sources per frame with gathers and a dense scan of the near columns):
+    the reference the faster viterbi() is checked against."""
     x = m - m.max(axis=1, keepdims=True)
     e = np.exp(x)
     prob = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
