@@ -26,13 +26,17 @@ HOSTS = (1, 2, 4)
 NPUS = (1, 4, 8)
 CORES = (2, 32, 96)
 STORAGE_GB_S = 1.0          # assumed: NFS over 10 GbE, about 1.1 GB/s at best
+PARALLEL_EFFICIENCY = 0.9   # assumed share of C cores that host work gets when it cannot be measured here
 
 
 def inputs_from(host: dict, overhead: dict | None, npu_rate: dict, batch_size: int, storage_gb_s: float) -> dict:
     """The per-stage figures the projection uses, each with where it comes from."""
     items_per_file = host.get("items_per_file", 1.0)
     h = host["host_s_per_file"]
-    e = host.get("parallel_efficiency") or 1.0
+    e = host.get("parallel_efficiency")
+    e_src = ("host_ray.json: Ray prepare files/s at W actors / (W x one thread)" if e else
+             f"assumed {PARALLEL_EFFICIENCY} (host_ray.json could not measure it: the machine was busy, "
+             f"load average {host.get('max_loadavg_1min', 0):.1f})")
     j, f0, f0_src = None, None, "not measured"
     if overhead:
         costs = [r["ray_cost"] for r in overhead["runs"] if r.get("ray_cost")]
@@ -43,9 +47,9 @@ def inputs_from(host: dict, overhead: dict | None, npu_rate: dict, batch_size: i
         f0 = max(0.0, sum(extra) / len(extra))
         f0_src = f"ray_overhead.json: mean Ray - local stage wall at {small} files ({len(extra)} repeat(s))"
     return {
-        "host_s_per_file": {"value": h, "source": host.get("source", "host_ray.json"), "measured": True},
-        "parallel_efficiency": {"value": e, "source": "host_ray.json: Ray prepare files/s at W actors / (W x one "
-                                                      "process)", "measured": True},
+        "host_s_per_file": {"value": h, "source": "host_ray.json: preprocessing CPU seconds + post-process + write",
+                            "measured": True},
+        "parallel_efficiency": {"value": e or PARALLEL_EFFICIENCY, "source": e_src, "measured": bool(e)},
         "npu_files_per_s": {"value": npu_rate["items_per_s"] / items_per_file, "items_per_s": npu_rate["items_per_s"],
                             "items_per_file": items_per_file, "source": npu_rate.get("source", "given"),
                             "chip": npu_rate.get("chip"), "measured": False},

@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT, run_env
 from dataset import projection
 
-HOST = {"host_s_per_file": 0.05, "parallel_efficiency": 0.9, "items_per_file": 1.0, "bytes_per_file": 1e6}
+HOST = {"host_s_per_file": 0.05, "parallel_efficiency": None, "max_loadavg_1min": 5.0, "items_per_file": 1.0, "bytes_per_file": 1e6}
 OVERHEAD = {"runs": [
     {"inputs": 200, "local_wall_s": 20.0, "ray_wall_s": 22.0,
      "ray_cost": {"journal_s": 0.4, "driver_blocks": 40, "calls": 10, "blocks_per_call": 16}},
@@ -18,6 +18,7 @@ OVERHEAD = {"runs": [
 def test_cells_follow_the_formula():
     inp = projection.inputs_from(HOST, OVERHEAD, {"items_per_s": 182.0, "source": "s"}, 1, 1.0)
     assert inp["ray_fixed_s"]["value"] == pytest.approx(2.0)              # mean Ray - local at the smallest size
+    assert inp["parallel_efficiency"]["value"] == 0.9 and not inp["parallel_efficiency"]["measured"]   # busy machine
     assert inp["driver_s_per_block"]["value"] == pytest.approx(0.002)     # journal_s / blocks, the worst run
     cells = {(c["hosts"], c["npus"], c["cores"]): c for c in projection.project(inp)}
     assert len(cells) == 27
