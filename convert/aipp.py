@@ -264,6 +264,15 @@ def noise_bound(p: dict) -> dict:
                           "parameters_only: fp16 min_chn/var_reci_chn with exact arithmetic"}
 
 
+def network_feeds(cfg: dict, feeds: dict, p: dict | None = None) -> dict:
+    """Feeds for the network itself (PyTorch eager, the ONNX as exported): AIPP pixels become the fp32
+    normalisation of the same pixels, as the reference computes it; other feeds pass as they are."""
+    p = p if p is not None else plan(cfg)
+    if not p or p["input"] not in feeds or np.asarray(feeds[p["input"]]).dtype != np.uint8:
+        return feeds
+    return {**feeds, p["input"]: reference(np.asarray(feeds[p["input"]]), p)}
+
+
 class HostAipp(Runner):
     """A CPU target behind the .om's AIPP input: takes uint8 NHWC pixels, hands its network float32 NCHW.
     mode "reference": the fp32 normalisation (what the host computes without AIPP); "emulate": AIPP's arithmetic."""

@@ -65,11 +65,12 @@ class Runs:
         return run_rows(runner, feeds, self.cfg["infer"]["pad"])[0][self.output]
 
     def batch(self, feeds: dict) -> dict[str, np.ndarray]:
+        from convert.aipp import network_feeds
         from export.stage import torch_outputs
 
         scores = {"onnx": self.run(self.reference, feeds), "target": self.run(self.target, feeds)}
         if self.module is not None:
-            scores["torch"] = torch_outputs(self.module, feeds, self.cfg)[self.output]
+            scores["torch"] = torch_outputs(self.module, network_feeds(self.cfg, feeds), self.cfg)[self.output]
         return {run: top_k(s, self.k) for run, s in scores.items()}
 
 

@@ -115,8 +115,7 @@ def torch_baseline(cfg, paths, family):
     p = aipp.plan(cfg)
 
     def make_call(feeds):
-        if p:               # PyTorch gets the network's input: the fp32 normalisation of the same uint8 pixels
-            feeds = {**feeds, p["input"]: aipp.reference(feeds[p["input"]], p)}
+        feeds = aipp.network_feeds(cfg, feeds, p)      # AIPP pixels: PyTorch gets the fp32 normalisation of them
         args = [torch.from_numpy(np.ascontiguousarray(feeds[t["name"]], dtype=t["dtype"] or "float32"))
                 for t in cfg["inputs"]]
 

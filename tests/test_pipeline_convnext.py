@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_env
+from convert import aipp
+from pipeline.config import load_config
 
 MODEL = "convnext_base_clip_laion2b"
 STAGES = ("-m export", "-m convert", "-m run.infer", "-m compare", "-m run.bench")
@@ -162,6 +164,8 @@ def test_known_weights_through_onnx(run, tmp_path, copy_of):
     item = infer_samples(tmp)[0]["items"][0]
     got = np.load(tmp / "build" / MODEL / "outputs" / "ort-cpu" / "items" / f"{item}.embedding.npy")
     x = np.load(tmp / "build" / MODEL / "inputs" / f"{item}.image.npy")
+    assert x.dtype == np.uint8                                      # AIPP: the host saves the pixels
+    x = aipp.network_feeds(load_config(MODEL), {"image": x})["image"]   # the reference's fp32 normalisation
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert rel_l2(got, ref) < 1e-5
