@@ -40,7 +40,7 @@ def inputs_from(host: dict, overhead: dict | None, npu_rate: dict, batch_size: i
     j, f0, f0_src = None, None, "not measured"
     if overhead:
         costs = [r["ray_cost"] for r in overhead["runs"] if r.get("ray_cost")]
-        per_block = [c["journal_s"] / max(1, c["driver_blocks"] + sum_blocks(c)) for c in costs if "journal_s" in c]
+        per_block = [c["journal_s"] / max(1, sum_blocks(c)) for c in costs if "journal_s" in c]     # actors' blocks
         j = max(per_block) if per_block else None
         small = min(r["inputs"] for r in overhead["runs"])
         extra = [r["ray_wall_s"] - r["local_wall_s"] for r in overhead["runs"] if r["inputs"] == small]
@@ -53,7 +53,7 @@ def inputs_from(host: dict, overhead: dict | None, npu_rate: dict, batch_size: i
         "npu_files_per_s": {"value": npu_rate["items_per_s"] / items_per_file, "items_per_s": npu_rate["items_per_s"],
                             "items_per_file": items_per_file, "source": npu_rate.get("source", "given"),
                             "chip": npu_rate.get("chip"), "measured": False},
-        "driver_s_per_block": {"value": j, "batch_size": batch_size, "source": "ray_overhead.json: journal_s / blocks",
+        "driver_s_per_block": {"value": j, "batch_size": batch_size, "source": "ray_overhead.json: journal_s / blocks the actors ran (calls x blocks per call), the worst run",
                                "measured": j is not None},
         "ray_fixed_s": {"value": f0, "source": f0_src, "measured": f0 is not None},
         "bytes_per_file": {"value": host["bytes_per_file"], "source": "host_ray.json: source read + inputs and "
