@@ -109,6 +109,12 @@ def run_dataset(model: str, backend: str = 'auto', count: int = 1000, small: int
             log(f"dataset | ENGINE=ray, 1 worker, {o['inputs']} inputs: {o['ray_files_per_s']:.2f} files/s vs local "
                 f"{o['local_files_per_s']:.2f} ({o['ray_slower_by']:+.1%}; target at most {o['target']:.0%})")
         log(f"dataset | ENGINE=ray workers 1 / 2: {scale['workers']['1']:.2f} / {scale['workers']['2']:.2f} files/s")
+        c = scale.get("cost", {}).get("full_w1") or {}
+        if c:
+            log(f"dataset | ENGINE=ray cost, {count} inputs: import {c['import_s']:.1f} s, cluster start {c['init_s']:.1f} s, "
+                f"first actor ready after {c['actors_first_ready_after_s'] or 0:.1f} s while the driver ran "
+                f"{c['driver_blocks']} block(s), journal {c['journal_s']:.2f} s over {c['calls']} call(s) of "
+                f"{c['blocks_per_call']} block(s)")
         for k, v in scale["identical"].items():
             log(f"dataset | outputs {k}: {'identical' if v['identical'] else 'DIFFER ' + ', '.join(v['differ'])} "
                 f"({v['files_compared']} files)")
