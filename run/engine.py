@@ -203,10 +203,24 @@ def host_workers(cfg: dict, n_sources: int) -> int:
 _HOST: dict = {}
 
 
-def _host_init(cfg: dict, meta: dict, work: str) -> None:
+def _host_init(cfg: dict, meta: dict, work: str, parent: int = 0) -> None:
     from pipeline.config import load_family
 
     _HOST.update(cfg=cfg, meta=meta, work=Path(work), family=load_family(cfg["family"]))
+    if parent:
+        _exit_with(parent)
+
+
+def _exit_with(parent: int) -> None:
+    """A host process ends when the process that started it is gone (killed by a signal, a timeout): a waiting
+    pool worker would otherwise stay behind for ever."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _host_ready() -> int:
@@ -236,7 +250,7 @@ class HostPool:
         self.workers = workers
         self.family = None            # a picklable family object to use instead of cfg's (the bench's AIPP pixels)
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_host_init, initargs=(cfg, meta, str(work)))
+                                        initializer=_host_init, initargs=(cfg, meta, str(work), os.getpid()))
         self.pids = sorted(set(f.result() for f in [self.pool.submit(_host_ready) for _ in range(workers)]))
 
     def prepare(self, input_meta, idx: int, source, write: bool):
