@@ -205,9 +205,10 @@ def bench(model: str, backend: str = 'auto', device: int = 0, heavy: bool = Fals
     from .infer import load_weights_meta
 
     meta = load_weights_meta(paths, cfg)
-    n_host = host_workers(cfg, HOST_FILES)
+    n_host = host_workers(cfg, HOST_FILES)      # what make infer would use on this host
+    n_pool = n_host if n_host > 1 else (os.cpu_count() or 1)          # the pool figure: measured either way
     # the host processes start before the runner opens (no AscendCL state in any child)
-    pool = HostPool(n_host, cfg, meta, paths.build / "bench-host-work") if n_host > 1 else None
+    pool = HostPool(n_pool, cfg, meta, paths.build / "bench-host-work") if n_pool > 1 else None
     try:
         runner = open_runner(cfg, backend, device, log=notes.append)
     except BaseException:
@@ -259,7 +260,7 @@ def bench(model: str, backend: str = 'auto', device: int = 0, heavy: bool = Fals
                 feeds_per_row.append(feeds)
         pipeline = pipeline_throughput(cfg, family, runner, paths, rows, log) if bcfg["pipeline_sources"] else None
         try:
-            host = host_figures(cfg, family, runner, meta, paths.build, rows, pool, log)
+            host = host_figures(cfg, family, runner, meta, paths.build, rows, pool, log, uses_pool=n_host > 1)
         finally:
             if pool:
                 pool.close()

@@ -177,6 +177,7 @@ def _postprocess(family, cfg, meta, work: Path, index: int, source: Path, n_item
 
 # --- host processes -----------------------------------------------------------------------------------------
 
+AUTO_POOL_MIN_CORES = 2      # infer.host_workers 0 (auto): no pool on this many cores or fewer
 POOL_MIN_SOURCES = 16     # infer.host_workers 0 (auto): fewer sources run in this process (a pool's start-up
                           # of ~1 s per process would cost more than it saves)
 
@@ -197,7 +198,13 @@ def host_workers(cfg: dict, n_sources: int) -> int:
     n = int(cfg["infer"].get("host_workers", 0) or 0)
     if n > 0:
         return n
-    return (os.cpu_count() or 1) if n_sources >= POOL_MIN_SOURCES else 1
+    cores = os.cpu_count() or 1
+    # auto: on 2 cores one process with its prefetch thread already keeps both busy (decode, resize and the FFT
+    # release the GIL) and measured faster than a pool (make bench's host figure); above, a pool of cores - 1,
+    # leaving a core to the runner and the writes (not measured here: no such host)
+    if cores <= AUTO_POOL_MIN_CORES or n_sources < POOL_MIN_SOURCES:
+        return 1
+    return cores - 1
 
 
 _HOST: dict = {}
