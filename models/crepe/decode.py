@@ -145,37 +145,27 @@ class _Step:
 def viterbi(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Most likely bin path under log_transition, with the softmax over bins of each frame as observation
     likelihood and a uniform start (librosa.sequence.viterbi's arithmetic: float32 log-likelihoods + tiny)."""
-    x = m - m.max(axis=1, keepdims=True)
-    e = np.exp(x)
-    prob = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-    logp = np.log(prob + np.finfo(np.float32).tiny)
-    step = _Step()
-    n = logp.shape[0]
-    ptr = np.zeros((n, PITCH_BINS), np.int64)
-    value = logp[0] + np.log(1.0 / PITCH_BINS + np.finfo(np.float64).tiny)
-    for t in range(1, n):
-        best, ptr[t] = step(value)
-        value = logp[t] + best
-    bins = np.empty(n, np.int64)
-    bins[-1] = int(np.argmax(value))
-    for t in range(n - 1, 0, -1):
-        bins[t - 1] = ptr[t, bins[t]]
-    return bins, bins_to_cents(bins)
+    return _viterbi(m, _Step())
 
 
 def viterbi_banded(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The previous banded scan (_best_sources per frame with gathers and a dense scan of the near columns):
     the reference the faster viterbi() is checked against."""
+    kc, lt_band, far = _band_tables()
+    return _viterbi(m, lambda value: _best_sources(value, kc, lt_band, far))
+
+
+def _viterbi(m: np.ndarray, step) -> tuple[np.ndarray, np.ndarray]:
+    """The forward pass with `step(value) -> (best score, source bin)` per frame, then the backtrace."""
     x = m - m.max(axis=1, keepdims=True)
     e = np.exp(x)
     prob = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
     logp = np.log(prob + np.finfo(np.float32).tiny)
-    kc, lt_band, far = _band_tables()
     n = logp.shape[0]
     ptr = np.zeros((n, PITCH_BINS), np.int64)
     value = logp[0] + np.log(1.0 / PITCH_BINS + np.finfo(np.float64).tiny)
     for t in range(1, n):
-        best, ptr[t] = _best_sources(value, kc, lt_band, far)
+        best, ptr[t] = step(value)
         value = logp[t] + best
     bins = np.empty(n, np.int64)
     bins[-1] = int(np.argmax(value))
