@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -38,6 +39,20 @@ def copy_of(tmp_path_factory):
     yield copy
     for dst in made:                     # a convnext tree is ~850 MB
         shutil.rmtree(dst, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pipeline_dirs(tmp: Path):
+    """build/, results/ and logs/ under `tmp` for this process while the block runs (a module-scoped tree)."""
+    env = {"PIPELINE_BUILD_DIR": tmp / "build", "PIPELINE_RESULTS_DIR": tmp / "results",
+           "PIPELINE_LOGS_DIR": tmp / "logs"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        yield tmp
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def run_env(tmp_path: Path) -> dict:

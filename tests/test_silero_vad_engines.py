@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, use_fake_ascend
+from conftest import ROOT, pipeline_dirs, use_fake_ascend
 from pipeline.errors import WeightsError
 
 MODEL = "silero_vad_16k"
@@ -20,15 +20,11 @@ pytestmark = pytest.mark.e2e
 def tree(tmp_path_factory):
     """silero exported and run locally (ort-cpu) over two speech clips, in a build tree of its own."""
     tmp = tmp_path_factory.mktemp("vad")
-    env = {"PIPELINE_BUILD_DIR": tmp / "build", "PIPELINE_RESULTS_DIR": tmp / "results",
-           "PIPELINE_LOGS_DIR": tmp / "logs"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update({k: str(v) for k, v in env.items()})
     inputs = tmp / "speech"
     inputs.mkdir()
     for f in SPEECH:
         shutil.copy(f, inputs / f.name)
-    try:
+    with pipeline_dirs(tmp):
         from convert.stage import build_targets
         from export.stage import export_model
         from run.infer import infer
@@ -39,9 +35,6 @@ def tree(tmp_path_factory):
             pytest.skip(f"silero-vad wheel not available: {exc}")
         assert build_targets(MODEL, "ort-cpu") == 0 and infer(MODEL, "ort-cpu", input=str(inputs)) == 0
         yield {"root": tmp, "inputs": inputs, "local": outputs(tmp, "ort-cpu")}
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def outputs(tmp: Path, backend: str) -> dict:
