@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -44,8 +45,8 @@ def inputs_from(host: dict, overhead: dict | None, npu_rate: dict, batch_size: i
         j = max(per_block) if per_block else None
         small = min(r["inputs"] for r in overhead["runs"])
         extra = [r["ray_wall_s"] - r["local_wall_s"] for r in overhead["runs"] if r["inputs"] == small]
-        f0 = max(0.0, sum(extra) / len(extra))
-        f0_src = f"ray_overhead.json: mean Ray - local stage wall at {small} files ({len(extra)} repeat(s))"
+        f0 = max(0.0, statistics.median(extra))        # a shared machine's outliers: the median
+        f0_src = f"ray_overhead.json: median Ray - local stage wall at {small} files ({len(extra)} run(s))"
     return {
         "host_s_per_file": {"value": h, "source": "host_ray.json: preprocessing CPU seconds + post-process + write",
                             "measured": True},
