@@ -123,6 +123,8 @@ all:     compare bench
 MORE_EVIDENCE := crepe_full resnet50_a1_in1k efficientnet_b0_ra_in1k mobilenetv3_large_100_ra_in1k \
                  vit_small_patch16_224_augreg_in21k_ft_in1k swin_tiny_patch4_window7_224_ms_in1k \
                  mobilenet_v2_imagenet1k resnet18_tv_standin ppocr_cls_mobile_v2 magika_standard_v3_3 silero_vad_16k
+# the code before issue 22: the "before" of the Ray and host figures
+EVIDENCE_BEFORE ?= 516b455
 EVIDENCE_DATASETS ?= cnn8rnn_audioset_sed:1000:10000 convnext_base_clip_laion2b:200:0
 evidence: | $(ENV_STAMP)
 	$(MAKE) all MODEL="$(DEFAULTS)" HEAVY=1
@@ -134,6 +136,10 @@ evidence: | $(ENV_STAMP)
 	$(MAKE) vad-oracle
 	$(MAKE) fp16-study
 	$(MAKE) om-double
+	git worktree add -f $(B)/before $(EVIDENCE_BEFORE)
+	$(MAKE) ray-overhead MODEL=cnn8rnn_audioset_sed BEFORE=$(B)/before
+	$(MAKE) host-before-after MODEL="cnn8rnn_audioset_sed mobilenet_v2_imagenet1k convnext_base_clip_laion2b" BEFORE=$(B)/before
+	$(MAKE) projection MODEL=cnn8rnn_audioset_sed
 	$(MAKE) doctor preflight precision MODEL="$(DEFAULTS)"
 	$(MAKE) zoo
 	$(MAKE) report PUBLISH=1 MODEL="$(DEFAULTS) $(MORE_EVIDENCE)"
@@ -144,9 +150,14 @@ STUDY_MODEL := mobilenet_v2_imagenet1k
 STUDY_DIR   := $(B)/photo_variants
 # ENGINE=ray measured here (docs/scale-out.md): Ray against local back to back (results/<model>/ray_overhead.json);
 # host work per file and its spread over Ray actors, then the H hosts x N NPUs table (results/<model>/projection.md)
-.PHONY: ray-overhead projection
+.PHONY: ray-overhead projection host-before-after
 ray-overhead: | $(ENV_STAMP)
-	@for m in $(MODEL); do $(PY) -m dataset.ray_overhead --model $$m --backend $(BACKEND) || exit 1; done
+	@for m in $(MODEL); do $(PY) -m dataset.ray_overhead --model $$m --backend $(BACKEND) \
+	  $(if $(BEFORE),--before $(BEFORE)) || exit 1; done
+# this checkout's host pipeline against BEFORE's (a git worktree), same files, back to back, outputs replayed
+# (host-only; results/<model>/host_before_after.json)
+host-before-after: | $(ENV_STAMP)
+	@for m in $(MODEL); do $(PY) -m dataset.host_before_after --model $$m --before $(BEFORE) || exit 1; done
 projection: | $(ENV_STAMP)
 	@for m in $(MODEL); do $(PY) -m dataset.host_ray --model $$m --backend $(BACKEND) && \
 	  $(PY) -m dataset.projection --model $$m $(if $(NPU_RATE),--npu-rate $(NPU_RATE)) || exit 1; done

@@ -207,3 +207,11 @@ def test_crepe_viterbi_step_equals_the_banded_and_dense_scans():
         value[rng.random(360) < 0.5] = -np.inf if i % 2 else -1e300
         got, want = step(value), dec._best_sources(value, kc, band, far)
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_host_before_after_needs_another_checkout(tmp_path):
+    from dataset.host_before_after import main
+
+    with pytest.raises(SystemExit, match=r"--before '.*nowhere' is not a checkout of this repository; make one with "
+                                         r"`git worktree add build/before <commit>`"):
+        main(["--model", "crepe_tiny", "--before", str(tmp_path / "nowhere")])
