@@ -41,10 +41,10 @@ BASE = ["atc", "--framework=5", "--model=model.sim.onnx", "--soc_version=Ascend3
 def test_convnext_per_batch_force_fp16_old_and_new_cann():
     cfg = cfg_with(CN, batch_sizes=[1, 8])
     assert argv(cfg) == [
-        BASE + ["--input_format=NCHW", "--precision_mode=force_fp16", "--input_shape=image:1,3,256,256",
-                f"--output=om/{CN}_bs1"],
-        BASE + ["--input_format=NCHW", "--precision_mode=force_fp16", "--input_shape=image:8,3,256,256",
-                f"--output=om/{CN}_bs8"]]
+        BASE + ["--input_format=NCHW", "--precision_mode=force_fp16", "--insert_op_conf=aipp.cfg",
+                "--input_shape=image:1,3,256,256", f"--output=om/{CN}_bs1"],
+        BASE + ["--input_format=NCHW", "--precision_mode=force_fp16", "--insert_op_conf=aipp.cfg",
+                "--input_shape=image:8,3,256,256", f"--output=om/{CN}_bs8"]]      # the config's static AIPP
     new = argv(cfg, cann="8.0.RC3")
     assert new[0][5] == "--precision_mode_v2=fp16" and not any(a.startswith("--precision_mode=") for a in new[0])
 
@@ -56,10 +56,11 @@ def test_convnext_dynamic_batch_keep_dtype_and_implmode():
     assert len(jobs) == 1 and jobs[0].mode == "dymbatch" and jobs[0].batch is None
     assert jobs[0].argv == ["atc", "--framework=5", "--model=model.sim.onnx", "--soc_version=Ascend910B3",
                             "--input_format=NCHW", "--precision_mode_v2=fp16", "--keep_dtype=om/keep_dtype.cfg",
-                            "--op_precision_mode=om/op_precision.ini", "--input_shape=image:-1,3,256,256",
-                            "--dynamic_batch_size=1,4,8", f"--output=om/{CN}_dynbs"]
-    assert jobs[0].side_files == {"om/keep_dtype.cfg": "/stem/stem.1/LayerNorm\n",
-                                  "om/op_precision.ini": "Gelu=high_performance\n"}
+                            "--op_precision_mode=om/op_precision.ini", "--insert_op_conf=aipp.cfg",
+                            "--input_shape=image:-1,3,256,256", "--dynamic_batch_size=1,4,8", f"--output=om/{CN}_dynbs"]
+    side = dict(jobs[0].side_files)
+    assert side.pop("aipp.cfg").startswith("# static AIPP written by make om")
+    assert side == {"om/keep_dtype.cfg": "/stem/stem.1/LayerNorm\n", "om/op_precision.ini": "Gelu=high_performance\n"}
 
 
 def test_mixed_precision_with_mixlist_and_origin_mode():
@@ -220,7 +221,7 @@ def om_target(tmp_path, fake_atc, monkeypatch):
     from pipeline.paths import ModelPaths
 
     monkeypatch.setenv("PIPELINE_BUILD_DIR", str(tmp_path / "b"))
-    cfg = cfg_with(CN, batch_sizes=[1, 2])
+    cfg = cfg_with(CN, batch_sizes=[1, 2], aipp=False)        # the float input path (AIPP: tests/test_aipp_om.py)
     d = ModelPaths(CN).build
     d.mkdir(parents=True)
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 256, 256])
