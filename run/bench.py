@@ -200,13 +200,13 @@ def bench(model: str, backend: str = 'auto', device: int = 0, heavy: bool = Fals
     family = load_family(cfg["family"])
     bcfg, bench_set_name = bench_set(cfg, heavy)
     notes = []
-    from .engine import HostPool, host_workers
+    from .engine import HostPool, host_workers, spawnable
     from .host_bench import HOST_FILES, host_figures
     from .infer import load_weights_meta
 
     meta = load_weights_meta(paths, cfg)
     n_host = host_workers(cfg, HOST_FILES)      # what make infer would use on this host
-    n_pool = n_host if n_host > 1 else (os.cpu_count() or 1)          # the pool figure: measured either way
+    n_pool = n_host if n_host > 1 else (os.cpu_count() or 1) if spawnable(cfg) else 1   # measured either way
     # the host processes start before the runner opens (no AscendCL state in any child)
     pool = HostPool(n_pool, cfg, meta, paths.build / "bench-host-work") if n_pool > 1 else None
     try:

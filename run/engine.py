@@ -182,18 +182,22 @@ POOL_MIN_SOURCES = 16     # infer.host_workers 0 (auto): fewer sources run in th
                           # of ~1 s per process would cost more than it saves)
 
 
-def host_workers(cfg: dict, n_sources: int) -> int:
-    """Host processes for a run: infer.host_workers (0 = one per core, and 1 below POOL_MIN_SOURCES sources); 1
-    for a family a fresh interpreter cannot import (one registered at run time, e.g. by a test)."""
+def spawnable(cfg: dict) -> bool:
+    """Whether a fresh interpreter can import the family (not one registered at run time, e.g. by a test)."""
     import importlib.util
 
     name = f"models.{cfg['family']}"
     try:
         spec = importlib.util.find_spec(name)
-        importable = spec is not None and spec.name == name      # not a module registered under that name
+        return spec is not None and spec.name == name
     except (ImportError, ValueError):
-        importable = False
-    if not importable:
+        return False
+
+
+def host_workers(cfg: dict, n_sources: int) -> int:
+    """Host processes for a run: infer.host_workers (0 = one per core, and 1 below POOL_MIN_SOURCES sources); 1
+    for a family a fresh interpreter cannot import (one registered at run time, e.g. by a test)."""
+    if not spawnable(cfg):
         return 1
     n = int(cfg["infer"].get("host_workers", 0) or 0)
     if n > 0:
