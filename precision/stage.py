@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convert import aipp
 from pipeline import provenance
 from pipeline.atomic import atomic_path, write_json, write_text
 from pipeline.config import batch_one, gate_for, load_config, load_family, save_reads
@@ -28,8 +29,12 @@ def load_feeds(cfg, paths, max_samples: int) -> tuple[list[dict], str]:
     if manifest.exists():
         m = json.loads(manifest.read_text())
         items = m["items"][:max_samples]
-        return [{n: np.load(paths.inputs / it["files"][n]) for n in m["feeds"]} for it in items], \
-            f"{len(items)} saved input(s) of `make infer` ({paths.inputs})"
+        p = aipp.plan(cfg)          # saved AIPP pixels: the network's input is their fp32 normalisation
+        feeds = [aipp.network_feeds(cfg, {n: np.load(paths.inputs / it["files"][n]) for n in m["feeds"]}, p)
+                 for it in items]
+        return feeds, (f"{len(items)} saved input(s) of `make infer` ({paths.inputs})"
+                       + ("; AIPP pixels normalised in fp32 (AIPP's own input noise: make compare's aipp line)"
+                          if p else ""))
     family = load_family(cfg["family"])
     case = cfg["export"]["parity_cases"][0]
     feeds = []
