@@ -280,15 +280,16 @@ def host_figures(cfg, family, runner, meta, build: Path, rows: list, pool, log, 
     unit = "images" if is_image_family(family) else "files"
     rate = needed_rate(cfg, rows, runner.backend)
     variants = [None]
+    uses_aipp = aipp.plan(cfg) is not None        # what infer feeds: a refused AIPP with fallback feeds floats
     if is_image_family(family):
-        variants = [True, False] if aipp.enabled(cfg) else [False, True]
+        variants = [True, False] if uses_aipp else [False, True]
     out = {"label": HOST_ONLY, "unit": unit, "cores": os.cpu_count(), "figures": []}
     replay = ReplayRunner(runner)
     for pixels in variants:
         fig = measure_host(cfg, family, replay, meta, build, pool, pixels, count, uses_pool)
         replay.lenient = True          # the comparison path's feeds differ in dtype/layout, not in rows
         fig["aipp_style"] = bool(pixels)
-        fig["counts"] = pixels is None or bool(pixels) == aipp.enabled(cfg)     # what this config feeds
+        fig["counts"] = pixels is None or bool(pixels) == uses_aipp     # what this config feeds
         cmp, line = verdict(cfg, fig, rate, unit)
         fig.update(cmp)
         out["figures"].append(fig)
