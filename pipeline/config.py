@@ -117,6 +117,8 @@ SCHEMA = {
         "max_bad_share": Opt(float, 0.01),
         # host processes that prepare and post-process while the runner runs; 0 = one per core
         "host_workers": Opt(int, 0),
+        # threads that prepare sources ahead in a process without host workers; 0 = the family's PREPARE_THREADS
+        "prepare_threads": Opt(int, 0),
     }, {}),
     "compare": Opt({
         "gate": Opt(GATE, {}),

@@ -44,6 +44,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook("PREPROCESS_SCHEMA", "host", False, "dict", "spec of the `preprocess` section", {}),
     Hook("POSTPROCESS_SCHEMA", "host", False, "dict", "spec of the `postprocess` section", {}),
     Hook("CAPABILITIES", "host", False, "frozenset[str]", "names from contract.CAPABILITIES", frozenset()),
+    Hook("PREPARE_THREADS", "host", False, "int",
+         "threads make infer prepares sources in, in one process, when infer.prepare_threads is 0 (auto): 0 = one "
+         "per core, for a prepare that releases the GIL most of its time (Pillow's decode and resize)", 1),
     Hook("capabilities", "host", False, "(cfg) -> frozenset[str]",
          "per-config capabilities, for families whose configs differ (a classifier or an embedding head)", None),
     Hook("complete_config", "host", False, "(cfg, source) -> None",

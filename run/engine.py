@@ -203,12 +203,19 @@ def host_workers(cfg: dict, n_sources: int) -> int:
     if n > 0:
         return n
     cores = os.cpu_count() or 1
-    # auto: on 2 cores one process with its prefetch thread already keeps both busy (decode, resize and the FFT
-    # release the GIL) and measured faster than a pool (make bench's host figure); above, a pool of cores - 1,
-    # leaving a core to the runner and the writes (not measured here: no such host)
+    # auto: on 2 cores one process (with prepare_threads) measured faster than a pool (make bench's host figure);
+    # above, a pool of cores - 1, leaving a core to the runner and the writes (not measured here: no such host)
     if cores <= AUTO_POOL_MIN_CORES or n_sources < POOL_MIN_SOURCES:
         return 1
     return cores - 1
+
+
+def prepare_threads(cfg: dict, family) -> int:
+    """Threads that prepare sources ahead in this process when it has no host pool: infer.prepare_threads, else
+    (0 = auto) the family's PREPARE_THREADS (0 = one per core: its prepare releases the GIL; default 1). The
+    prepared sources come out in order, so every file is the same with any count."""
+    n = int(cfg["infer"].get("prepare_threads", 0) or 0) or int(family.PREPARE_THREADS)
+    return n if n > 0 else max(1, os.cpu_count() or 1)
 
 
 _HOST: dict = {}

@@ -4,7 +4,7 @@ front-end, resize, .npy writes, post-process) can feed a device, never how fast 
 
 Method: the real runner runs once per distinct feed signature (input names, shapes, dtypes) over the measured
 files, untimed; the ReplayRunner then returns those outputs for every call of the same signature. Two timed
-passes over the same files: one host process (preparation in a prefetch thread, post step in-process) and
+passes over the same files: one host process (preparation in infer.prepare_threads threads, post step in-process) and
 `workers` spawned host processes (run/engine.HostPool). Per-stage milliseconds per file come from
 pipeline.stage_clock, summed over the processes (CPU seconds, not wall).
 
@@ -27,6 +27,8 @@ from convert import aipp
 from pipeline.contract import DURATION_KEY
 from pipeline.errors import PipelineError
 from pipeline.runners import Runner
+
+from .engine import prepare_threads
 
 HOST_ONLY = "host-only: device time excluded; outputs replayed"
 HOST_FILES = 192            # files per timed pass (a pass of 48 took ~0.15 s: too short to time on a shared host)
@@ -223,7 +225,7 @@ def measure_host(cfg, family, replay: ReplayRunner, meta, build: Path, pool=None
     # untimed: records the real runner once per signature, and warms the host processes (imports, caches)
     _pass(cfg, fam, replay, meta, work, sources, pool)
     replay.freeze()
-    one = _pass(cfg, fam, replay, meta, work, sources)
+    one = {**_pass(cfg, fam, replay, meta, work, sources), "prepare_threads": prepare_threads(cfg, fam)}
     out = {"label": HOST_ONLY, "inputs": what, "files": len(sources), "batch_size": cfg["infer"]["batch_size"],
            "host_output": ("uint8 HWC pixels, AIPP-style" if pixels else "the family's prepare"),
            "runner": replay.describe(), "one_process": one}
@@ -235,6 +237,7 @@ def measure_host(cfg, family, replay: ReplayRunner, meta, build: Path, pool=None
     main = out["pool"] if pool is not None and uses_pool else one
     out["files_per_s"], out["items_per_s"] = main["files_per_s"], main["items_per_s"]
     out["processes"] = out["pool"]["processes"] if main is not one else 1
+    out["prepare_threads"] = one["prepare_threads"] if main is one else None
     return out
 
 
@@ -259,8 +262,10 @@ def verdict(cfg: dict, fig: dict, rate: dict | None, unit: str) -> tuple[dict, s
     stages = ", ".join(f"{k} {v:.1f}" for k, v in one["stage_ms_per_file"].items())
     other = (f"{one['files_per_s']:.1f} {unit}/s in one" if fig["processes"] > 1 else
              f"{fig['pool']['files_per_s']:.1f} {unit}/s with {fig['pool']['processes']}" if "pool" in fig else "")
-    line = (f"bench | host | {cfg['name']}: {fig['files_per_s']:.1f} {unit}/s with {fig['processes']} host "
-            f"process(es) ({HOST_ONLY}; {other}; per {unit[:-1]} in one process, ms: "
+    how = (f"{fig['processes']} host processes" if fig["processes"] > 1 else
+           f"1 host process, {one['prepare_threads']} prepare thread(s)")
+    line = (f"bench | host | {cfg['name']}: {fig['files_per_s']:.1f} {unit}/s with {how} "
+            f"({HOST_ONLY}; {other}; per {unit[:-1]} in one process, ms: "
             f"{stages}; {fig['inputs']}, {fig['host_output']})")
     cmp = {"needed": rate}
     if rate:

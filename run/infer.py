@@ -30,15 +30,16 @@ from pipeline.paths import ModelPaths
 from pipeline.progress import Progress
 from pipeline import stages
 
-from .engine import JOURNAL, BlockWorker, HostPool, Journal, host_workers, plan_blocks, prepare_source, run_key
+from .engine import (JOURNAL, BlockWorker, HostPool, Journal, host_workers, plan_blocks, prepare_source,
+                     prepare_threads, run_key)
 from pipeline.stage_clock import add as add_stages
 
 ENGINES = ("local", "ray")
 
 
-def prefetch(fn, args_iter, depth: int):
-    """Yield fn(*args) in order, computing up to `depth` ahead in a worker thread."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
+def prefetch(fn, args_iter, depth: int, threads: int = 1):
+    """Yield fn(*args) in order, computing up to `depth` ahead in `threads` worker threads."""
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         queue = deque()
         it = iter(args_iter)
         for a in it:
@@ -69,8 +70,9 @@ def iter_blocks(worker: BlockWorker, family, cfg, sources, blocks, todo, depth: 
         return
     input_meta = worker.runner.get_input_metadata()
     order = [(b, idx) for b in todo for idx in blocks[b]]
+    threads = prepare_threads(cfg, family)
     prepared = prefetch(lambda b, idx: (b, prepare_source(family, cfg, input_meta, idx, Path(sources[idx]))),
-                        order, depth)
+                        order, max(depth, 2 * threads), threads)
     current, bucket = None, []
     for b, p in prepared:
         if current is not None and b != current:
@@ -254,14 +256,16 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
                 t_start = time.perf_counter()
                 load_s = t_start - t_load
                 log(f"infer | {cfg['name']} on {backend} ({runner.device}): {len(sources)} input file(s), batch "
-                    f"{batch_size}, {pool.workers if pool else 1} host process(es)")
+                    f"{batch_size}, " + (f"{pool.workers} host processes" if pool else
+                                         f"1 host process, {prepare_threads(cfg, family)} prepare thread(s)"))
                 run_local(cfg, family, runner, weights_meta, work, sources, blocks, todo, journal, progress,
                           batch_size, pool)
         finally:
             if pool:
                 pool.close()
         runner_desc, device = runner.describe(), runner.device
-        engine_info = {"engine": "local", "host_workers": pool.workers if pool else 1}
+        engine_info = {"engine": "local", "host_workers": pool.workers if pool else 1,
+                       "prepare_threads": None if pool else prepare_threads(cfg, family)}
     progress.close()
     wall = time.perf_counter() - t_start
 

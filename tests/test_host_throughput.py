@@ -131,6 +131,40 @@ def test_two_host_processes_write_the_bytes_of_one(sed):
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
 
 
+def test_prepare_threads_write_the_bytes_of_one_thread_in_order(sed):
+    """Several prepare threads in one process: the same entries, in order, and the same file bytes."""
+    import copy
+
+    cfg, family, sources, tmp = sed
+    runs = {}
+    for n in (1, 3):
+        c = copy.deepcopy(cfg)
+        c["infer"]["prepare_threads"] = n
+        with SedDouble() as runner:
+            runs[n] = run_engine(c, family, sources, tmp / f"t{n}", runner)
+    keep = lambda es: [[{k: v for k, v in r.items() if k != "summary"} for r in e["records"]] for e in es]  # noqa: E731
+    assert json.dumps(keep(runs[1]), sort_keys=True) == json.dumps(keep(runs[3]), sort_keys=True)
+    assert [r["source"] for e in runs[3] for r in e["records"]] == [str(s) for s in sources]
+    files = sorted(p.relative_to(tmp / "t1") for p in (tmp / "t1").rglob("*") if p.is_file())
+    assert files and all((tmp / "t1" / f).read_bytes() == (tmp / "t3" / f).read_bytes() for f in files)
+
+
+def test_prepare_threads_follow_the_config_then_the_family(monkeypatch):
+    import os
+
+    from pipeline.config import load_config, load_family
+    from run.engine import prepare_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    sed_cfg, img_cfg = load_config(MODEL, stage="infer"), load_config("mobilenet_v2_imagenet1k", stage="infer")
+    sed_fam, img_fam = load_family(sed_cfg["family"]), load_family(img_cfg["family"])
+    assert sed_fam.PREPARE_THREADS == 1 and img_fam.PREPARE_THREADS == 0
+    assert prepare_threads(sed_cfg, sed_fam) == 1          # the front-end holds the GIL: one thread
+    assert prepare_threads(img_cfg, img_fam) == 6          # Pillow releases it: one per core
+    img_cfg["infer"]["prepare_threads"] = 2
+    assert prepare_threads(img_cfg, img_fam) == 2
+
+
 def test_host_figure_stands_beside_the_published_rate(sed):
     from pipeline.config import load_config
     from run.host_bench import HOST_ONLY, host_figures

@@ -11,7 +11,7 @@ weights and names the right values when they differ.
 """
 from __future__ import annotations
 
-from models.image_host import (CAPABILITIES, aipp_source, HEAD_SCHEMA, POSTPROCESS_SCHEMA, PREPROCESS_SCHEMA,  # noqa: F401
+from models.image_host import (CAPABILITIES, PREPARE_THREADS, aipp_source, HEAD_SCHEMA, POSTPROCESS_SCHEMA, PREPROCESS_SCHEMA,  # noqa: F401
                                capabilities, check_config, compare_gate, data_config, find_sources, generate_sources,
                                host_artifacts, label_ids, labels, postprocess, prepare, random_input, resolved,
                                run_summary, softmax, task_gate, task_metrics)
