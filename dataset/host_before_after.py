@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ def side(model: str, sources_file: str, out: str) -> int:
     from run import engine
     from run.infer import iter_blocks, load_weights_meta
 
+    # not run.host_bench.ReplayRunner: this runs inside the before tree too, which may predate it
     class Replay(Runner):
         def __init__(self, real):
             super().__init__()
@@ -69,8 +71,6 @@ def side(model: str, sources_file: str, out: str) -> int:
         walls = []
         for _ in range(2):                                   # the first pass records and warms up
             work = paths.build / "host-ba-work"
-            import shutil
-
             shutil.rmtree(work, ignore_errors=True)
             worker = engine.BlockWorker(cfg, family, replay, meta, work, bs)
             blocks = engine.plan_blocks(len(sources), bs)

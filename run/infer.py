@@ -242,6 +242,7 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
     n_host = host_workers(cfg, len(sources)) if engine == "local" else 1
     # the host processes start before the runner opens (no AscendCL state in any child)
     pool = HostPool(n_host, cfg, weights_meta, work) if n_host > 1 and todo else None
+    threads = prepare_threads(cfg, family)          # without a pool: iter_blocks prepares in this many threads
     t_load = time.perf_counter()
     if engine == "ray":
         from .ray_engine import run_ray
@@ -257,7 +258,7 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
                 load_s = t_start - t_load
                 log(f"infer | {cfg['name']} on {backend} ({runner.device}): {len(sources)} input file(s), batch "
                     f"{batch_size}, " + (f"{pool.workers} host processes" if pool else
-                                         f"1 host process, {prepare_threads(cfg, family)} prepare thread(s)"))
+                                         f"1 host process, {threads} prepare thread(s)"))
                 run_local(cfg, family, runner, weights_meta, work, sources, blocks, todo, journal, progress,
                           batch_size, pool)
         finally:
@@ -265,7 +266,7 @@ def infer(model: str, backend: str = 'auto', input: str = '', device: int = 0, b
                 pool.close()
         runner_desc, device = runner.describe(), runner.device
         engine_info = {"engine": "local", "host_workers": pool.workers if pool else 1,
-                       "prepare_threads": None if pool else prepare_threads(cfg, family)}
+                       "prepare_threads": None if pool else threads}
     progress.close()
     wall = time.perf_counter() - t_start
 
